@@ -1,0 +1,1 @@
+"""Traces → one step dataset: parse OTLP traces, derive targets, make splits."""

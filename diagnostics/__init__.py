@@ -1,0 +1,1 @@
+"""Convergence checks, metrics, figures and the evaluation report."""

@@ -1,0 +1,1 @@
+"""Fitting, saving/loading, predictive sampling and the simulator hand-off."""

@@ -1,0 +1,1 @@
+"""Basis functions, baselines and the hierarchical PyMC step-time model."""

@@ -1,0 +1,1 @@
+"""The ``steptime`` command: wires data_prep, models, inference and diagnostics together."""
