@@ -1,0 +1,324 @@
+"""``StepTimeModel``: fit, predict, sample the posterior predictive, save and load.
+
+A plain estimator in the Bambi / pymc-marketing mould: configuration in the
+constructor, learnt state in attributes ending in ``_``, posterior as ArviZ
+InferenceData with labelled dims, one folder on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import arviz as az
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from data_prep.schema import TARGETS
+from data_prep.specs import (
+    HardwareSpec,
+    ModelSpec,
+    get_model_spec,
+    load_hardware,
+)
+from inference.predictive import PosteriorDraws, mape_optimal_point, predictive_draws
+from models.basis import BASIS_SET_VERSION, DEFAULT_BASIS_SETS
+from models.design import Design, build_design
+from models.priors import DEFAULT_PRIORS, PriorConfig
+
+POSTERIOR_FILE = "posterior.nc"
+CONFIG_FILE = "model.json"
+FORMAT_VERSION = 1
+
+
+def code_version() -> str:
+    """Package version plus the git commit of the checkout, when there is one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("steptime")
+    except PackageNotFoundError:
+        package = "unknown"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{package}+{commit}" if commit else package
+
+
+def data_hash(design: Design) -> str:
+    """Fingerprint of exactly what the likelihood saw."""
+    digest = hashlib.sha256()
+    for array in (design.bases, design.y, design.gap_steps):
+        digest.update(np.ascontiguousarray(array, dtype=float).tobytes())
+    for labels in (design.model, design.workload):
+        digest.update("\x00".join(map(str, labels)).encode())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class StepTimeModel:
+    """Hierarchical Bayesian step-time regression for one target (``cycle`` or ``schedule``)."""
+
+    target: str = "cycle"
+    basis_names: tuple[str, ...] | None = None
+    priors: PriorConfig = DEFAULT_PRIORS
+    hardware: str = "h100-sxm"
+    model_config_dirs: tuple[str, ...] = ()
+    specs_: dict[str, ModelSpec] = field(default_factory=dict)
+    idata_: az.InferenceData | None = None
+
+    def __post_init__(self) -> None:
+        if self.target not in TARGETS:
+            raise ValueError(f"target must be one of {sorted(TARGETS)}, not {self.target!r}")
+        if self.basis_names is None:
+            self.basis_names = DEFAULT_BASIS_SETS[self.target]
+        self.basis_names = tuple(self.basis_names)
+        self.priors.for_bases(self.basis_names)
+
+    # --- configuration helpers -------------------------------------------------------
+
+    @property
+    def hardware_spec(self) -> HardwareSpec:
+        return load_hardware(self.hardware)
+
+    def resolve_specs(self, models, extra: dict[str, ModelSpec] | None = None) -> dict:
+        """Specs for the named models: given, fitted, shipped or from --model-config dirs."""
+        specs = dict(self.specs_)
+        specs.update(extra or {})
+        for name in set(models) - set(specs):
+            specs[name] = get_model_spec(name, [Path(d) for d in self.model_config_dirs])
+        return specs
+
+    def design(
+        self,
+        steps: pd.DataFrame,
+        rows: np.ndarray | None = None,
+        specs: dict[str, ModelSpec] | None = None,
+    ) -> Design:
+        specs = self.resolve_specs(steps["model"].unique(), specs)
+        return build_design(
+            steps, self.target, self.basis_names, specs, self.hardware_spec, rows=rows
+        )
+
+    # --- fitting -----------------------------------------------------------------------
+
+    def fit(
+        self,
+        steps: pd.DataFrame,
+        rows: np.ndarray | None = None,
+        *,
+        draws: int = 1000,
+        tune: int = 1000,
+        chains: int = 4,
+        seed: int = 0,
+        sampler: str = "nutpie",
+        progressbar: bool = True,
+    ) -> StepTimeModel:
+        """Sample the posterior by NUTS on ``steps[rows]`` (rows with a target only)."""
+        from models.hierarchical import GroupCoords, build_model
+
+        mask = np.ones(len(steps), dtype=bool) if rows is None else np.asarray(rows, bool)
+        mask &= steps[TARGETS[self.target]].notna().to_numpy()
+        if not mask.any():
+            raise ValueError(f"no rows with a {self.target} target to fit")
+        self.specs_ = self.resolve_specs(steps.loc[mask, "model"].unique())
+        design = self.design(steps, rows=mask)
+        coords = GroupCoords.from_design(design)
+        pm_model = build_model(design, self.priors, coords)
+        started = time.perf_counter()
+        idata = sample_nuts(pm_model, draws, tune, chains, seed, sampler, progressbar)
+        idata.posterior.attrs.update(
+            {
+                "target": self.target,
+                "basis_set_version": BASIS_SET_VERSION,
+                "basis_names": json.dumps(list(self.basis_names)),
+                "data_hash": data_hash(design),
+                "n_observations": int(len(design)),
+                "code_version": code_version(),
+                "sampler": sampler,
+                "seed": int(seed),
+                "sampling_seconds": round(time.perf_counter() - started, 2),
+                "model_architectures": json.dumps(
+                    dict(zip(coords.models, coords.model_architectures, strict=True))
+                ),
+            }
+        )
+        self.idata_ = idata
+        return self
+
+    # --- prediction --------------------------------------------------------------------
+
+    def posterior_draws(self) -> PosteriorDraws:
+        """The posterior flattened over chains, in the layout the predictive uses."""
+        if self.idata_ is None:
+            raise RuntimeError("the model is not fitted; call fit() or load()")
+        post = self.idata_.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
+        priors = self.priors.for_bases(self.basis_names)
+        return PosteriorDraws(
+            basis_names=self.basis_names,
+            models=tuple(str(m) for m in post["model"].values),
+            workloads=tuple(str(w) for w in post["workload"].values),
+            log_beta_population=post["log_beta_population"].values,
+            a_moe=post["a_moe"].values,
+            log_beta=post["log_beta"].transpose("sample", "model", "basis").values,
+            workload_effect=post["workload_effect"].values,
+            sigma_floor=post["sigma_floor"].values,
+            sigma_step=post["sigma_step"].values,
+            nu=post["nu"].values,
+            model_sd=np.array([p.model_sd for p in priors]),
+            moe_sd=np.array([p.moe_sd for p in priors]),
+            workload_sd=self.priors.noise.workload_sd,
+        )
+
+    def sample_posterior_predictive(
+        self,
+        steps: pd.DataFrame,
+        rows: np.ndarray | None = None,
+        *,
+        n_draws: int = 1000,
+        seed: int = 0,
+        specs: dict[str, ModelSpec] | None = None,
+    ) -> xr.DataArray:
+        """Predictive step times (µs) with dims (draw, row); unseen groups via hyperpriors."""
+        rng = np.random.default_rng(seed)
+        design = self.design(steps, rows=rows, specs=specs)
+        draws = self.posterior_draws().thin(n_draws, rng)
+        samples = predictive_draws(
+            draws,
+            design.bases,
+            design.model,
+            design.architecture,
+            design.workload,
+            design.gap_steps,
+            rng,
+        )
+        index = steps.index if rows is None else steps.index[np.asarray(rows, bool)]
+        return xr.DataArray(
+            samples,
+            dims=("draw", "row"),
+            coords={"row": np.asarray(index)},
+            name=f"{self.target}_us",
+            attrs={"units": "us", "target": self.target},
+        )
+
+    def predict(
+        self,
+        steps: pd.DataFrame,
+        rows: np.ndarray | None = None,
+        *,
+        quantiles: tuple[float, ...] = (0.05, 0.25, 0.5, 0.75, 0.95),
+        n_draws: int = 1000,
+        seed: int = 0,
+        specs: dict[str, ModelSpec] | None = None,
+    ) -> pd.DataFrame:
+        """Point (MAPE-optimal), mean and quantiles of the predictive per row, in µs."""
+        samples = self.sample_posterior_predictive(
+            steps, rows, n_draws=n_draws, seed=seed, specs=specs
+        )
+        values = samples.values
+        out = pd.DataFrame(index=samples["row"].values)
+        out["point_us"] = mape_optimal_point(values)
+        out["mean_us"] = values.mean(axis=0)
+        for q, row in zip(quantiles, np.quantile(values, quantiles, axis=0), strict=True):
+            out[f"q{q:g}"] = row
+        return out
+
+    # --- persistence -------------------------------------------------------------------
+
+    def save(self, folder: str | Path) -> Path:
+        """Posterior (netCDF, with provenance attrs) plus the configuration as JSON."""
+        if self.idata_ is None:
+            raise RuntimeError("nothing to save: the model is not fitted")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.idata_.to_netcdf(folder / POSTERIOR_FILE)
+        config = {
+            "format_version": FORMAT_VERSION,
+            "target": self.target,
+            "basis_names": list(self.basis_names),
+            "basis_set_version": BASIS_SET_VERSION,
+            "priors": self.priors.to_dict(),
+            "hardware": self.hardware_spec.to_dict(),
+            "model_specs": {name: spec.to_dict() for name, spec in self.specs_.items()},
+            "model_config_dirs": list(self.model_config_dirs),
+        }
+        (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> StepTimeModel:
+        folder = Path(folder)
+        try:
+            config = json.loads((folder / CONFIG_FILE).read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{folder}: not a fit folder ({CONFIG_FILE}: {err})") from None
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder}: unsupported fit format {config.get('format_version')}")
+        hardware_name = config["hardware"]["name"]
+        model = cls(
+            target=config["target"],
+            basis_names=tuple(config["basis_names"]),
+            priors=PriorConfig.from_dict(config["priors"]),
+            hardware=hardware_name,
+            model_config_dirs=tuple(config.get("model_config_dirs", ())),
+            specs_={name: ModelSpec(**spec) for name, spec in config["model_specs"].items()},
+        )
+        model.idata_ = az.from_netcdf(folder / POSTERIOR_FILE)
+        return model
+
+
+def sample_nuts(
+    pm_model,
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int,
+    sampler: str = "nutpie",
+    progressbar: bool = True,
+) -> az.InferenceData:
+    """NUTS through nutpie (numba-compiled) or, as the fallback, PyMC's own sampler."""
+    if sampler == "nutpie":
+        try:
+            import nutpie
+        except ImportError:
+            print("nutpie is not installed; falling back to PyMC's NUTS", file=sys.stderr)
+            sampler = "pymc"
+    if sampler == "nutpie":
+        compiled = nutpie.compile_pymc_model(pm_model)
+        return nutpie.sample(
+            compiled,
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            seed=seed,
+            progress_bar=progressbar,
+            cores=min(chains, 2),
+            low_rank_modified_mass_matrix=True,
+        )
+    if sampler != "pymc":
+        raise ValueError(f"unknown sampler {sampler!r}; use 'nutpie' or 'pymc'")
+    import pymc as pm
+
+    with pm_model:
+        return pm.sample(
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            cores=min(chains, 2),
+            random_seed=seed,
+            progressbar=progressbar,
+            target_accept=0.9,
+        )

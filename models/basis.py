@@ -1,0 +1,288 @@
+"""Physically motivated basis functions of one scheduler step.
+
+Every basis is a small pure numpy function of (batch features, model spec, hardware, TP)
+returning **microseconds at nominal efficiency**: a coefficient of 1 means the hardware
+runs at the datasheet peak (or the stated nominal overhead). The hierarchical model
+multiplies each basis by a positive coefficient and sums them, so coefficients read as
+inverse efficiencies or overhead multipliers.
+
+Importing this module never imports PyMC: the simulator-side sampler uses it too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from data_prep.specs import KV_BLOCK_TOKENS, HardwareSpec, ModelSpec
+
+BASIS_SET_VERSION = "1"
+
+# Nominal overheads (µs) that define the unit of the fixed-cost bases.
+NOMINAL_ALLREDUCE_LATENCY_US = 10.0
+NOMINAL_LAYER_LAUNCH_US = 5.0
+NOMINAL_REQUEST_OVERHEAD_US = 20.0
+NOMINAL_STEP_OVERHEAD_US = 1000.0
+NOMINAL_SCHED_STEP_US = 100.0
+NOMINAL_SCHED_REQUEST_US = 2.0
+NOMINAL_SCHED_TOKEN_US = 0.1
+NOMINAL_SCHED_BLOCK_US = 1.0
+NOMINAL_SCHED_HASH_US_PER_TOKEN = 0.05
+
+
+@dataclass(frozen=True)
+class BatchFeatures:
+    """What the scheduler knows about one step (or arrays of steps) before it runs.
+
+    Outcomes of the step (finished / preempted requests) are deliberately absent.
+    """
+
+    decode_reqs: np.ndarray
+    prefill_reqs: np.ndarray
+    prefill_tokens: np.ndarray
+    decode_tokens: np.ndarray
+    kv_tokens: np.ndarray
+    running_reqs: np.ndarray
+    waiting_reqs: np.ndarray
+    new_kv_blocks: np.ndarray
+
+    # Step-dataset column each feature is read from.
+    COLUMNS = {
+        "decode_reqs": "batch.num_decode_reqs",
+        "prefill_reqs": "batch.num_prefill_reqs",
+        "prefill_tokens": "batch.prefill_tokens",
+        "decode_tokens": "batch.decode_tokens",
+        "kv_tokens": "kv_tokens",
+        "running_reqs": "queue.running_depth",
+        "waiting_reqs": "queue.waiting_depth",
+        "new_kv_blocks": "new_kv_blocks",
+    }
+
+    @property
+    def scheduled_tokens(self) -> np.ndarray:
+        """Tokens the forward pass computes (cache-miss prefill plus decode)."""
+        return self.prefill_tokens + self.decode_tokens
+
+    @property
+    def logit_rows(self) -> np.ndarray:
+        """Requests whose last position goes through the LM head and sampler."""
+        return self.decode_reqs + self.prefill_reqs
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, object]) -> BatchFeatures:
+        """From feature names (``decode_reqs=...``) or dataset columns; missing ones are 0.
+
+        ``running_reqs`` defaults to the requests in the batch and ``new_kv_blocks`` to the
+        blocks the scheduled tokens fill, which is what a simulator knows of a step.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        for field in fields(cls):
+            column = cls.COLUMNS[field.name]
+            raw = values.get(field.name, values.get(column))
+            if raw is not None:
+                arrays[field.name] = np.atleast_1d(np.asarray(raw, dtype=float))
+        size = max((a.shape[0] for a in arrays.values()), default=1)
+        zeros = np.zeros(size)
+        full = {name: np.broadcast_to(arrays.get(name, zeros), (size,)) for name in cls.COLUMNS}
+        if "running_reqs" not in arrays:
+            full["running_reqs"] = full["decode_reqs"] + full["prefill_reqs"]
+        if "new_kv_blocks" not in arrays:
+            full["new_kv_blocks"] = (
+                full["prefill_tokens"] + full["decode_tokens"]
+            ) / KV_BLOCK_TOKENS
+        return cls(**{k: np.asarray(v, dtype=float) for k, v in full.items()})
+
+    @classmethod
+    def from_frame(cls, frame) -> BatchFeatures:
+        """From a step DataFrame with the dataset's column names."""
+        missing = [c for c in cls.COLUMNS.values() if c not in frame.columns]
+        if missing:
+            raise KeyError(f"step data lacks feature columns {missing}")
+        return cls(
+            **{
+                name: frame[column].to_numpy(dtype=float, na_value=0.0)
+                for name, column in cls.COLUMNS.items()
+            }
+        )
+
+
+def expected_active_experts(spec: ModelSpec, tokens: np.ndarray) -> np.ndarray:
+    """Distinct experts T tokens touch with uniform top-k routing: E·(1 − ((E−k)/E)^T)."""
+    if not spec.is_moe:
+        return np.ones_like(tokens, dtype=float)
+    e, k = spec.num_experts, spec.experts_per_token
+    return e * (1.0 - ((e - k) / e) ** np.maximum(tokens, 0.0))
+
+
+# --- step cycle (GPU forward pass plus fixed costs) -------------------------------------
+
+
+def weight_streaming_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Reading every weight a step touches once from HBM (µs at peak bandwidth).
+
+    MoE models stream only the experts the batch activates.
+    """
+    experts = expected_active_experts(spec, x.scheduled_tokens)
+    return spec.weight_bytes_per_gpu(tp, active_experts=experts) / hw.hbm_bytes_per_us
+
+
+def linear_compute_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """GEMM time the weight stream cannot hide: max(0, FLOPs/peak − weight bytes/bandwidth).
+
+    FLOPs are 2·T·(active params per token)/TP plus the LM head for each logit row. With
+    ``weights`` this makes a roofline, max(memory, compute), with its knee at nominal
+    rates: decode batches are memory-bound and add nothing here, prefill chunks do.
+    """
+    per_layer = spec.attention_params_per_layer + spec.experts_per_token * spec.expert_params
+    flops = 2.0 * x.scheduled_tokens * spec.num_layers * per_layer
+    flops = flops + 2.0 * x.logit_rows * spec.vocab_size * spec.hidden_size
+    compute = flops / tp / hw.flops_per_us
+    return np.maximum(0.0, compute - weight_streaming_us(x, spec, hw, tp))
+
+
+def prefill_attention_us(
+    x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int
+) -> np.ndarray:
+    """Causal attention FLOPs of the prefill chunks, 4·H·d_h·L·Σ(new·context)/TP (µs at peak).
+
+    Per-request context is not traced; chunks are taken as equal and causal, so
+    Σ(new·context) ≈ P²/(2·prefill requests).
+    """
+    pairs = x.prefill_tokens**2 / (2.0 * np.maximum(x.prefill_reqs, 1.0))
+    flops = 4.0 * spec.num_heads * spec.head_dim * spec.num_layers * pairs
+    return flops / tp / hw.flops_per_us
+
+
+def kv_read_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Reading the resident KV cache once during decode attention (µs at peak bandwidth)."""
+    return spec.kv_bytes_per_token(tp) * x.kv_tokens / hw.hbm_bytes_per_us
+
+
+def allreduce_bandwidth_us(
+    x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int
+) -> np.ndarray:
+    """Ring all-reduce traffic: 2 per layer, T·d·2 bytes each, 2(TP−1)/TP over NVLink (µs)."""
+    if tp <= 1:
+        return np.zeros_like(x.scheduled_tokens)
+    message = x.scheduled_tokens * spec.hidden_size * spec.dtype_bytes
+    traffic = 2 * spec.num_layers * message * 2.0 * (tp - 1) / tp
+    return traffic / hw.nvlink_bytes_per_us
+
+
+def layer_sync_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Fixed per-layer cost: kernel launches (nominal 5 µs) plus, under TP, the latency
+    of the layer's two all-reduces (nominal 10 µs each)."""
+    per_layer = NOMINAL_LAYER_LAUNCH_US + (2 * NOMINAL_ALLREDUCE_LATENCY_US if tp > 1 else 0.0)
+    return np.full_like(x.scheduled_tokens, spec.num_layers * per_layer)
+
+
+def request_overhead_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Per-request input preparation, sampling and output handling (nominal 20 µs each)."""
+    return x.logit_rows * NOMINAL_REQUEST_OVERHEAD_US
+
+
+def step_overhead_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Fixed cost of one engine iteration outside the forward pass (nominal 1 ms)."""
+    return np.full_like(x.scheduled_tokens, NOMINAL_STEP_OVERHEAD_US)
+
+
+# --- scheduler CPU time (the traced step.duration_us) -----------------------------------
+
+
+def sched_fixed_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Fixed cost of one ``Scheduler.schedule()`` call (nominal 100 µs)."""
+    return np.full_like(x.scheduled_tokens, NOMINAL_SCHED_STEP_US)
+
+
+def sched_running_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Walking the running queue: per running request (nominal 2 µs each)."""
+    return x.running_reqs * NOMINAL_SCHED_REQUEST_US
+
+
+def sched_waiting_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Inspecting the waiting queue: per waiting request (nominal 2 µs each)."""
+    return x.waiting_reqs * NOMINAL_SCHED_REQUEST_US
+
+
+def sched_tokens_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Building per-token scheduler output (nominal 0.1 µs per scheduled token)."""
+    return x.scheduled_tokens * NOMINAL_SCHED_TOKEN_US
+
+
+def sched_kv_blocks_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Allocating KV blocks for the step (nominal 1 µs per new 16-token block)."""
+    return x.new_kv_blocks * NOMINAL_SCHED_BLOCK_US
+
+
+def sched_prefix_hash_us(
+    x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int
+) -> np.ndarray:
+    """Prefix-cache hashing of prefill tokens (nominal 0.05 µs per token)."""
+    return x.prefill_tokens * NOMINAL_SCHED_HASH_US_PER_TOKEN
+
+
+def sched_large_batch_us(
+    x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int
+) -> np.ndarray:
+    """Quadratic growth of the running-queue walk seen above ~64 running requests.
+
+    The real traces switch to a 2–8 ms regime at large batches; (R/64)² carries it
+    (nominal 100 µs at 64 running requests).
+    """
+    return (x.running_reqs / 64.0) ** 2 * NOMINAL_SCHED_STEP_US
+
+
+BasisFunction = Callable[[BatchFeatures, ModelSpec, HardwareSpec, int], np.ndarray]
+
+BASIS_FUNCTIONS: dict[str, BasisFunction] = {
+    "weights": weight_streaming_us,
+    "linear_compute": linear_compute_us,
+    "prefill_attention": prefill_attention_us,
+    "kv_read": kv_read_us,
+    "allreduce_bw": allreduce_bandwidth_us,
+    "layer_sync": layer_sync_us,
+    "request_overhead": request_overhead_us,
+    "step_overhead": step_overhead_us,
+    "sched_fixed": sched_fixed_us,
+    "sched_running": sched_running_us,
+    "sched_waiting": sched_waiting_us,
+    "sched_tokens": sched_tokens_us,
+    "sched_kv_blocks": sched_kv_blocks_us,
+    "sched_prefix_hash": sched_prefix_hash_us,
+    "sched_large_batch": sched_large_batch_us,
+}
+
+DEFAULT_BASIS_SETS: dict[str, tuple[str, ...]] = {
+    "cycle": (
+        "weights",
+        "linear_compute",
+        "prefill_attention",
+        "kv_read",
+        "allreduce_bw",
+        "layer_sync",
+        "request_overhead",
+        "step_overhead",
+    ),
+    "schedule": (
+        "sched_fixed",
+        "sched_running",
+        "sched_waiting",
+        "sched_tokens",
+        "sched_kv_blocks",
+        "sched_prefix_hash",
+        "sched_large_batch",
+    ),
+}
+
+
+def evaluate_bases(
+    names: tuple[str, ...] | list[str],
+    x: BatchFeatures,
+    spec: ModelSpec,
+    hw: HardwareSpec,
+    tp: int,
+) -> np.ndarray:
+    """Matrix (steps × bases) of the named bases for steps that share one model and TP."""
+    return np.column_stack([BASIS_FUNCTIONS[name](x, spec, hw, int(tp)) for name in names])

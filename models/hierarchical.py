@@ -1,0 +1,103 @@
+"""The hierarchical Bayesian step-time model in PyMC.
+
+    step time = exp(ω_workload) · Σ_k β_{k,model} · basis_k(step)
+    log β_{k,m} = log median_k + log_sd_k·u_k + moe_sd_k·a_k·[m is MoE] + model_sd_k·z_{k,m}
+    log y ~ StudentT(ν, log step time, sqrt(σ_floor,m² + σ_step,m² / gap))
+
+Every level is non-centred (u, a, z, v are standard normals) and the between-group
+scales are fixed from physics (see ``models.priors``): two to four models cannot
+estimate them, and learning them from so few groups is what makes a naive version of
+this model fail to converge. The likelihood is on the log scale, so it scores relative
+error, and a cycle observation that averages ``gap`` steps has its per-step jitter
+shrunk by √gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from models.design import Design
+from models.priors import PriorConfig
+
+
+@dataclass(frozen=True)
+class GroupCoords:
+    """Labels of the groups a fit knows, in the order of the posterior's dims."""
+
+    models: tuple[str, ...]
+    model_architectures: tuple[str, ...]
+    workloads: tuple[str, ...]
+
+    @classmethod
+    def from_design(cls, design: Design) -> GroupCoords:
+        models = tuple(sorted(set(design.model)))
+        arch = {m: a for m, a in zip(design.model, design.architecture, strict=True)}
+        return cls(
+            models=models,
+            model_architectures=tuple(arch[m] for m in models),
+            workloads=tuple(sorted(set(design.workload))),
+        )
+
+    def indices(self, design: Design) -> tuple[np.ndarray, np.ndarray]:
+        model_pos = {m: i for i, m in enumerate(self.models)}
+        workload_pos = {w: i for i, w in enumerate(self.workloads)}
+        try:
+            model_idx = np.array([model_pos[m] for m in design.model])
+            workload_idx = np.array([workload_pos[w] for w in design.workload])
+        except KeyError as err:
+            raise KeyError(f"group {err} is not among the fitted groups") from None
+        return model_idx, workload_idx
+
+
+def build_model(design: Design, priors: PriorConfig, coords: GroupCoords) -> pm.Model:
+    """PyMC model of ``design`` (which must carry observations)."""
+    if design.y is None:
+        raise ValueError("the design has no observed target")
+    observed = np.log(design.y)
+    coefficient_priors = priors.for_bases(design.basis_names)
+    median = np.log([p.median for p in coefficient_priors])
+    log_sd = np.array([p.log_sd for p in coefficient_priors])
+    model_sd = np.array([p.model_sd for p in coefficient_priors])
+    moe_sd = np.array([p.moe_sd for p in coefficient_priors])
+    is_moe = np.array([a == "moe" for a in coords.model_architectures], dtype=float)
+    model_idx, workload_idx = coords.indices(design)
+    noise = priors.noise
+
+    dims = {
+        "basis": list(design.basis_names),
+        "model": list(coords.models),
+        "workload": list(coords.workloads),
+    }
+    with pm.Model(coords=dims) as model:
+        u = pm.Normal("u_population", 0.0, 1.0, dims="basis")
+        log_beta_population = pm.Deterministic(
+            "log_beta_population", median + log_sd * u, dims="basis"
+        )
+        a = pm.Normal("a_moe", 0.0, 1.0, dims="basis")
+        z = pm.Normal("z_model", 0.0, 1.0, dims=("model", "basis"))
+        log_beta = pm.Deterministic(
+            "log_beta",
+            log_beta_population[None, :]
+            + is_moe[:, None] * (moe_sd * a)[None, :]
+            + model_sd[None, :] * z,
+            dims=("model", "basis"),
+        )
+        v = pm.Normal("v_workload", 0.0, 1.0, dims="workload")
+        workload_effect = pm.Deterministic(
+            "workload_effect", noise.workload_sd * v, dims="workload"
+        )
+        sigma_floor = pm.HalfNormal("sigma_floor", noise.floor_sd, dims="model")
+        sigma_step = pm.HalfNormal("sigma_step", noise.step_sd, dims="model")
+        nu_excess = pm.Gamma("nu_excess", alpha=2.0, beta=2.0 / noise.nu_mean)
+        nu = pm.Deterministic("nu", 1.0 + nu_excess)
+
+        beta_rows = pt.exp(log_beta)[model_idx]
+        mean_us = pt.sum(beta_rows * design.bases, axis=1)
+        mu = pt.log(mean_us) + workload_effect[workload_idx]
+        sigma = pt.sqrt(sigma_floor[model_idx] ** 2 + sigma_step[model_idx] ** 2 / design.gap_steps)
+        pm.StudentT("log_y", nu=nu, mu=mu, sigma=sigma, observed=observed)
+    return model
