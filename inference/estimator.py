@@ -27,7 +27,12 @@ from data_prep.specs import (
     get_model_spec,
     load_hardware,
 )
-from inference.predictive import PosteriorDraws, mape_optimal_point, predictive_draws
+from inference.predictive import (
+    PosteriorDraws,
+    RegimeDraws,
+    mape_optimal_point,
+    predictive_draws,
+)
 from models.basis import BASIS_SET_VERSION, DEFAULT_BASIS_SETS
 from models.design import Design, build_design
 from models.priors import DEFAULT_PRIORS, PriorConfig
@@ -74,7 +79,7 @@ class StepTimeModel:
 
     target: str = "cycle"
     basis_names: tuple[str, ...] | None = None
-    priors: PriorConfig = DEFAULT_PRIORS
+    priors: PriorConfig | None = None
     hardware: str = "h100-sxm"
     model_config_dirs: tuple[str, ...] = ()
     specs_: dict[str, ModelSpec] = field(default_factory=dict)
@@ -83,6 +88,8 @@ class StepTimeModel:
     def __post_init__(self) -> None:
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {sorted(TARGETS)}, not {self.target!r}")
+        if self.priors is None:
+            self.priors = DEFAULT_PRIORS[self.target]
         if self.basis_names is None:
             self.basis_names = DEFAULT_BASIS_SETS[self.target]
         self.basis_names = tuple(self.basis_names)
@@ -126,11 +133,12 @@ class StepTimeModel:
         seed: int = 0,
         sampler: str = "nutpie",
         progressbar: bool = True,
+        target_accept: float = 0.9,
     ) -> StepTimeModel:
         """Sample the posterior by NUTS on ``steps[rows]`` (rows with a target only)."""
         from models.hierarchical import GroupCoords, build_model
 
-        mask = np.ones(len(steps), dtype=bool) if rows is None else np.asarray(rows, bool)
+        mask = np.ones(len(steps), dtype=bool) if rows is None else np.array(rows, dtype=bool)
         mask &= steps[TARGETS[self.target]].notna().to_numpy()
         if not mask.any():
             raise ValueError(f"no rows with a {self.target} target to fit")
@@ -139,7 +147,9 @@ class StepTimeModel:
         coords = GroupCoords.from_design(design)
         pm_model = build_model(design, self.priors, coords)
         started = time.perf_counter()
-        idata = sample_nuts(pm_model, draws, tune, chains, seed, sampler, progressbar)
+        idata = sample_nuts(
+            pm_model, draws, tune, chains, seed, sampler, progressbar, target_accept
+        )
         idata.posterior.attrs.update(
             {
                 "target": self.target,
@@ -181,6 +191,23 @@ class StepTimeModel:
             model_sd=np.array([p.model_sd for p in priors]),
             moe_sd=np.array([p.moe_sd for p in priors]),
             workload_sd=self.priors.noise.workload_sd,
+            regime=self._regime_draws(post),
+        )
+
+    def _regime_draws(self, post: xr.Dataset) -> RegimeDraws | None:
+        regime = self.priors.regime
+        if regime is None:
+            return None
+        return RegimeDraws(
+            threshold=post["threshold"].transpose("sample", "model").values,
+            threshold_population=post["threshold_population"].values,
+            jump=post["jump"].transpose("sample", "model").values,
+            jump_population=post["jump_population"].values,
+            slow_sigma=post["slow_sigma"].transpose("sample", "model").values,
+            p_max=post["p_max"].values,
+            threshold_model_sd=regime.threshold_model_sd,
+            jump_model_sd=regime.jump_model_sd,
+            width=regime.width,
         )
 
     def sample_posterior_predictive(
@@ -204,6 +231,7 @@ class StepTimeModel:
             design.workload,
             design.gap_steps,
             rng,
+            running_reqs=design.running_reqs,
         )
         index = steps.index if rows is None else steps.index[np.asarray(rows, bool)]
         return xr.DataArray(
@@ -288,6 +316,7 @@ def sample_nuts(
     seed: int,
     sampler: str = "nutpie",
     progressbar: bool = True,
+    target_accept: float = 0.9,
 ) -> az.InferenceData:
     """NUTS through nutpie (numba-compiled) or, as the fallback, PyMC's own sampler."""
     if sampler == "nutpie":
@@ -307,6 +336,7 @@ def sample_nuts(
             progress_bar=progressbar,
             cores=min(chains, 2),
             low_rank_modified_mass_matrix=True,
+            target_accept=target_accept,
         )
     if sampler != "pymc":
         raise ValueError(f"unknown sampler {sampler!r}; use 'nutpie' or 'pymc'")
@@ -320,5 +350,5 @@ def sample_nuts(
             cores=min(chains, 2),
             random_seed=seed,
             progressbar=progressbar,
-            target_accept=0.9,
+            target_accept=target_accept,
         )

@@ -14,6 +14,46 @@ import numpy as np
 
 
 @dataclass(frozen=True)
+class RegimeDraws:
+    """Draws of the scheduler's slow-regime mixture (``schedule`` fits only)."""
+
+    threshold: np.ndarray  # (draw, model) running requests where the switch is half-way
+    threshold_population: np.ndarray  # (draw,)
+    jump: np.ndarray  # (draw, model) log slow/fast ratio
+    jump_population: np.ndarray  # (draw,)
+    slow_sigma: np.ndarray  # (draw, model)
+    p_max: np.ndarray  # (draw,)
+    threshold_model_sd: float
+    jump_model_sd: float
+    width: float
+
+    PER_DRAW = (
+        "threshold",
+        "threshold_population",
+        "jump",
+        "jump_population",
+        "slow_sigma",
+        "p_max",
+    )
+
+    def take(self, keep: np.ndarray) -> RegimeDraws:
+        changes = {name: getattr(self, name)[keep] for name in self.PER_DRAW}
+        return RegimeDraws(**{**self.__dict__, **changes})
+
+    def for_model(
+        self, draws: PosteriorDraws, model: str, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(threshold, jump, slow σ) per draw; an unseen model via the hyperprior."""
+        if model in draws.models:
+            i = draws.models.index(model)
+            return self.threshold[:, i], self.jump[:, i], self.slow_sigma[:, i]
+        n = self.p_max.shape[0]
+        threshold = self.threshold_population + self.threshold_model_sd * rng.standard_normal(n)
+        jump = self.jump_population + self.jump_model_sd * rng.standard_normal(n)
+        return threshold, jump, self.slow_sigma.mean(axis=1)
+
+
+@dataclass(frozen=True)
 class PosteriorDraws:
     """Flattened posterior draws (axis 0 = draw) and the fixed hyperparameters."""
 
@@ -30,6 +70,7 @@ class PosteriorDraws:
     model_sd: np.ndarray  # (basis,) fixed between-model spread
     moe_sd: np.ndarray  # (basis,) fixed MoE-offset prior scale
     workload_sd: float
+    regime: RegimeDraws | None = None
 
     @property
     def n_draws(self) -> int:
@@ -50,6 +91,8 @@ class PosteriorDraws:
             "nu",
         )
         changes = {name: getattr(self, name)[keep] for name in per_draw}
+        if self.regime is not None:
+            changes["regime"] = self.regime.take(keep)
         return PosteriorDraws(**{**self.__dict__, **changes})
 
 
@@ -110,8 +153,12 @@ def predictive_draws(
     workload: np.ndarray,
     gap_steps: np.ndarray,
     rng: np.random.Generator,
+    running_reqs: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Posterior predictive step times (µs), (draw, row): parameter and noise uncertainty."""
+    """Posterior predictive step times (µs), (draw, row): parameter and noise uncertainty.
+
+    ``running_reqs`` is needed only by fits with a scheduler regime.
+    """
     log_mean = log_mean_draws(draws, bases, model, architecture, workload, rng)
     sigma = np.empty_like(log_mean)
     model = np.asarray(model, dtype=str)
@@ -119,13 +166,32 @@ def predictive_draws(
         rows = model == m
         floor, step = noise_draws(draws, str(m))
         sigma[:, rows] = np.sqrt(floor[:, None] ** 2 + step[:, None] ** 2 / gap_steps[rows])
+    if draws.regime is not None:
+        if running_reqs is None:
+            raise ValueError("this fit has a scheduler regime: pass running_reqs")
+        for m in np.unique(model):
+            rows = model == m
+            threshold, jump, slow_sigma = draws.regime.for_model(draws, str(m), rng)
+            z = (running_reqs[rows][None, :] - threshold[:, None]) / draws.regime.width
+            p_slow = draws.regime.p_max[:, None] / (1.0 + np.exp(-z))
+            slow = rng.random(p_slow.shape) < p_slow
+            log_mean[:, rows] += np.where(slow, jump[:, None], 0.0)
+            sigma[:, rows] = np.where(slow, slow_sigma[:, None], sigma[:, rows])
     t = rng.standard_t(draws.nu[:, None], size=log_mean.shape)
     return np.exp(log_mean + sigma * t)
 
 
-def mape_optimal_point(samples: np.ndarray, axis: int = 0) -> np.ndarray:
-    """The point minimising expected absolute percentage error: the 1/y-weighted median."""
+def mape_optimal_point(samples: np.ndarray, axis: int = 0, winsor: float = 0.005) -> np.ndarray:
+    """The point minimising expected absolute percentage error: the 1/y-weighted median.
+
+    Samples are first winsorised at the ``winsor`` and ``1 − winsor`` quantiles: under a
+    log-Student-t E[1/y] is infinite, so without it the few smallest draws would carry
+    the weight and drag the point towards zero.
+    """
     samples = np.moveaxis(samples, axis, 0)
+    if winsor > 0:
+        low, high = np.quantile(samples, [winsor, 1.0 - winsor], axis=0)
+        samples = np.clip(samples, low, high)
     ordered = np.sort(samples, axis=0)
     weights = 1.0 / ordered
     cumulative = np.cumsum(weights, axis=0)

@@ -2,7 +2,8 @@
 
 A ``cycle`` observation is the mean step time over ``cycle_gap_steps`` steps starting at
 the sampled one. Its expected value is the mean of the per-step bases over that gap:
-the sampled step exactly, the untraced ones at the run's local level. ``schedule`` observations are single steps.
+the sampled step exactly, the untraced ones at the run's local level. ``schedule``
+observations are single steps.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Design:
     architecture: np.ndarray  # "dense" | "moe" per row
     workload: np.ndarray  # workload name per row
     gap_steps: np.ndarray  # steps each observation averages over (1 for single steps)
+    running_reqs: np.ndarray  # running-queue depth, which drives the scheduler's regime
     y: np.ndarray | None  # observed target (µs) or None
 
     def __len__(self) -> int:
@@ -102,5 +104,6 @@ def build_design(
         architecture=architecture[rows],
         workload=steps["workload"].to_numpy(dtype=object)[rows],
         gap_steps=np.maximum(gap[rows], 1.0),
+        running_reqs=steps[BatchFeatures.COLUMNS["running_reqs"]].to_numpy(dtype=float)[rows],
         y=None if y is None else y[rows],
     )

@@ -2,14 +2,15 @@
 
     step time = exp(ω_workload) · Σ_k β_{k,model} · basis_k(step)
     log β_{k,m} = log median_k + log_sd_k·u_k + moe_sd_k·a_k·[m is MoE] + model_sd_k·z_{k,m}
-    log y ~ StudentT(ν, log step time, sqrt(σ_floor,m² + σ_step,m² / gap))
+    log y ~ StudentT(ν, log step time, sqrt(σ_floor,m² + σ_step,m² / gap)),  ν > 2
 
 Every level is non-centred (u, a, z, v are standard normals) and the between-group
 scales are fixed from physics (see ``models.priors``): two to four models cannot
 estimate them, and learning them from so few groups is what makes a naive version of
 this model fail to converge. The likelihood is on the log scale, so it scores relative
 error, and a cycle observation that averages ``gap`` steps has its per-step jitter
-shrunk by √gap.
+shrunk by √gap. ν is kept above 2: stalls make the data ask for Cauchy tails, under
+which the model tracks the median step and a replayed run comes out ~10% fast.
 """
 
 from __future__ import annotations
@@ -90,14 +91,52 @@ def build_model(design: Design, priors: PriorConfig, coords: GroupCoords) -> pm.
         workload_effect = pm.Deterministic(
             "workload_effect", noise.workload_sd * v, dims="workload"
         )
-        sigma_floor = pm.HalfNormal("sigma_floor", noise.floor_sd, dims="model")
         sigma_step = pm.HalfNormal("sigma_step", noise.step_sd, dims="model")
+        if np.any(design.gap_steps > 1):
+            sigma_floor = pm.HalfNormal("sigma_floor", noise.floor_sd, dims="model")
+        else:  # single-step observations cannot tell a floor from per-step jitter
+            sigma_floor = pm.Deterministic(
+                "sigma_floor", pt.zeros(len(coords.models)), dims="model"
+            )
         nu_excess = pm.Gamma("nu_excess", alpha=2.0, beta=2.0 / noise.nu_mean)
-        nu = pm.Deterministic("nu", 1.0 + nu_excess)
+        nu = pm.Deterministic("nu", 2.0 + nu_excess)
 
         beta_rows = pt.exp(log_beta)[model_idx]
         mean_us = pt.sum(beta_rows * design.bases, axis=1)
         mu = pt.log(mean_us) + workload_effect[workload_idx]
         sigma = pt.sqrt(sigma_floor[model_idx] ** 2 + sigma_step[model_idx] ** 2 / design.gap_steps)
-        pm.StudentT("log_y", nu=nu, mu=mu, sigma=sigma, observed=observed)
+        if priors.regime is None:
+            pm.StudentT("log_y", nu=nu, mu=mu, sigma=sigma, observed=observed)
+        else:
+            add_regime_likelihood(priors.regime, design, model_idx, mu, sigma, nu, observed)
     return model
+
+
+def add_regime_likelihood(regime, design, model_idx, mu, sigma, nu, observed) -> None:
+    """Two-component Student-t mixture: fast steps, and slow ones past the threshold."""
+    u_threshold = pm.Normal("u_threshold", 0.0, 1.0)
+    threshold_population = pm.Deterministic(
+        "threshold_population", regime.threshold_mean + regime.threshold_sd * u_threshold
+    )
+    z_threshold = pm.Normal("z_threshold", 0.0, 1.0, dims="model")
+    threshold = pm.Deterministic(
+        "threshold", threshold_population + regime.threshold_model_sd * z_threshold, dims="model"
+    )
+    u_jump = pm.Normal("u_jump", 0.0, 1.0)
+    jump_population = pm.Deterministic(
+        "jump_population", np.log(regime.jump_median) + regime.jump_log_sd * u_jump
+    )
+    z_jump = pm.Normal("z_jump", 0.0, 1.0, dims="model")
+    jump = pm.Deterministic("jump", jump_population + regime.jump_model_sd * z_jump, dims="model")
+    slow_sigma = pm.HalfNormal("slow_sigma", regime.slow_sd, dims="model")
+    p_max = pm.Beta("p_max", 4.0, 1.0)
+    p_slow = p_max * pm.math.sigmoid((design.running_reqs - threshold[model_idx]) / regime.width)
+    pm.Mixture(
+        "log_y",
+        w=pt.stack([1.0 - p_slow, p_slow], axis=-1),
+        comp_dists=[
+            pm.StudentT.dist(nu=nu, mu=mu, sigma=sigma),
+            pm.StudentT.dist(nu=nu, mu=mu + jump[model_idx], sigma=slow_sigma[model_idx]),
+        ],
+        observed=observed,
+    )

@@ -27,14 +27,34 @@ class NoisePrior:
 
     floor_sd: float = 0.05  # HalfNormal scale of the non-averaging misfit
     step_sd: float = 0.3  # HalfNormal scale of per-step jitter (divided by √gap)
-    nu_mean: float = 5.0  # prior mean of the Student-t degrees of freedom (Gamma(2, 2/mean))
+    nu_mean: float = 5.0  # prior mean of ν − 2 for the Student-t (Gamma(2, 2/mean))
     workload_sd: float = 0.05  # fixed spread of the per-workload multiplicative effect
+
+
+@dataclass(frozen=True)
+class RegimePrior:
+    """The scheduler's slow regime: above a per-model running-queue threshold most steps
+    take several times longer (real traces: ~0.3 ms → 2–8 ms past 50–70 running requests).
+
+    P(slow) = p_max · sigmoid((running − threshold_m) / width); a slow step's time is the
+    fast one times exp(jump_m), with its own log-scale noise.
+    """
+
+    threshold_mean: float = 64.0  # running requests
+    threshold_sd: float = 24.0
+    threshold_model_sd: float = 16.0  # fixed between-model spread
+    width: float = 4.0  # fixed steepness of the switch, in requests
+    jump_median: float = 10.0  # slow / fast time ratio
+    jump_log_sd: float = 1.0
+    jump_model_sd: float = 0.3  # fixed between-model spread (log scale)
+    slow_sd: float = 0.5  # HalfNormal scale of the slow regime's log noise
 
 
 @dataclass(frozen=True)
 class PriorConfig:
     coefficients: dict[str, CoefficientPrior] = field(default_factory=dict)
     noise: NoisePrior = NoisePrior()
+    regime: RegimePrior | None = None
 
     def for_bases(self, names: tuple[str, ...] | list[str]) -> list[CoefficientPrior]:
         missing = [n for n in names if n not in self.coefficients]
@@ -52,31 +72,39 @@ class PriorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PriorConfig:
+        regime = data.get("regime")
         return cls(
             coefficients={k: CoefficientPrior(**v) for k, v in data["coefficients"].items()},
             noise=NoisePrior(**data["noise"]),
+            regime=None if regime is None else RegimePrior(**regime),
         )
 
 
 DEFAULT_COEFFICIENT_PRIORS: dict[str, CoefficientPrior] = {
+    # cycle: the composite constant of a step (1 = its nominal physics)
+    "static_step": CoefficientPrior(median=1.0, log_sd=0.3, model_sd=0.1),
     # cycle: inverse hardware efficiencies
     "weights": CoefficientPrior(median=1.25, log_sd=0.25, model_sd=0.1),
     "linear_compute": CoefficientPrior(median=1.6, log_sd=0.5, model_sd=0.15),
     "prefill_attention": CoefficientPrior(median=2.0, log_sd=0.8, model_sd=0.2),
     "kv_read": CoefficientPrior(median=1.5, log_sd=0.6, model_sd=0.2),
-    "allreduce_bw": CoefficientPrior(median=1.5, log_sd=0.6, model_sd=0.2),
+    "allreduce_bw": CoefficientPrior(median=1.4, log_sd=0.3, model_sd=0.15),
     # cycle: fixed costs, multiples of their nominal values
     "layer_sync": CoefficientPrior(median=1.0, log_sd=0.8, model_sd=0.25),
     "request_overhead": CoefficientPrior(median=1.0, log_sd=0.8, model_sd=0.25),
+    "prefill_admission": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "step_overhead": CoefficientPrior(median=1.0, log_sd=0.8, model_sd=0.25),
     # scheduler CPU
     "sched_fixed": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_running": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_waiting": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_tokens": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
+    "sched_new_requests": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_kv_blocks": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_prefix_hash": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
-    "sched_large_batch": CoefficientPrior(median=1.0, log_sd=1.5, model_sd=0.5),
 }
 
-DEFAULT_PRIORS = PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS)
+DEFAULT_PRIORS: dict[str, PriorConfig] = {
+    "cycle": PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS),
+    "schedule": PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS, regime=RegimePrior()),
+}

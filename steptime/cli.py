@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "data_prep.synth.cli",
     "inference.cli",
     "diagnostics.cli",
+    "steptime.demo",
 )
 
 

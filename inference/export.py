@@ -1,0 +1,295 @@
+"""The portable step-time artifact: a compact, versioned JSON file a simulator loads.
+
+``export_artifact(fit_dir, out)`` thins a saved fit (``steptime fit --out FITDIR``) to a
+few hundred posterior draws and writes everything a numpy-only (or Go) sampler needs:
+the basis-set definition and its nominal constants, hardware constants, the fitted
+models' architecture specs, per-group coefficient draws, the noise parameters and the
+fixed hyperparameters that predict a model or workload the fit never saw.
+
+``load_artifact(path)`` reads it back and validates it against
+``inference/steptime_artifact.schema.json`` (a small built-in validator for the subset of
+JSON Schema the file uses, so no dependency is needed) plus the cross-field shape checks
+a schema cannot express. Importing this module never imports PyMC, PyTensor or ArviZ.
+The format is documented field by field in ``docs/artifact.md``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from inference.predictive import PosteriorDraws
+
+ARTIFACT_FORMAT = "steptime-artifact"
+ARTIFACT_VERSION = 1
+SCHEMA_FILE = "steptime_artifact.schema.json"
+SIGNIFICANT_DIGITS = 6
+MAX_ARTIFACT_BYTES = 2_000_000
+PER_DRAW_FIELDS = (
+    "log_beta_population",
+    "a_moe",
+    "log_beta",
+    "workload_effect",
+    "sigma_floor",
+    "sigma_step",
+    "nu",
+)
+
+
+class ArtifactError(ValueError):
+    """The artifact file is missing, unreadable or does not follow the format."""
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def _round(values: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
+    """Nested lists of floats rounded to ``digits`` significant digits."""
+    array = np.asarray(values, dtype=float)
+    if not np.all(np.isfinite(array)):
+        raise ArtifactError("posterior draws contain non-finite values")
+    flat = [float(f"{v:.{digits}g}") for v in array.ravel().tolist()]
+    return np.asarray(flat).reshape(array.shape).tolist()
+
+
+def basis_constants() -> dict[str, float]:
+    """The nominal constants the basis functions use (every ``NOMINAL_*`` of models.basis)."""
+    from data_prep.specs import KV_BLOCK_TOKENS
+    from models import basis
+
+    constants = {
+        name: float(getattr(basis, name))
+        for name in sorted(dir(basis))
+        if name.startswith("NOMINAL_")
+    }
+    constants["KV_BLOCK_TOKENS"] = float(KV_BLOCK_TOKENS)
+    return constants
+
+
+def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> dict[str, Any]:
+    """The artifact of a saved fit as a JSON-ready dict (``n_draws`` thinned draws)."""
+    from inference.estimator import StepTimeModel  # ArviZ: only the exporter needs it
+
+    fit_dir = Path(fit_dir)
+    model = StepTimeModel.load(fit_dir)
+    full = model.posterior_draws()
+    draws = full.thin(n_draws, np.random.default_rng(seed))
+    attrs = dict(model.idata_.posterior.attrs)
+    architectures = json.loads(attrs.get("model_architectures", "{}"))
+    for name in draws.models:
+        if name not in architectures:
+            architectures[name] = model.specs_[name].architecture
+    priors = model.priors
+    return {
+        "format": ARTIFACT_FORMAT,
+        "version": ARTIFACT_VERSION,
+        "target": model.target,
+        "basis_set_version": str(attrs.get("basis_set_version", "")),
+        "basis_names": list(model.basis_names),
+        "basis_constants": basis_constants(),
+        "hardware": model.hardware_spec.to_dict(),
+        "model_specs": {
+            name: model.specs_[name].to_dict() for name in draws.models if name in model.specs_
+        },
+        "priors": {
+            "model_sd": _round(draws.model_sd),
+            "moe_sd": _round(draws.moe_sd),
+            "workload_sd": float(draws.workload_sd),
+            "coefficient_medians": _round([c.median for c in priors.for_bases(model.basis_names)]),
+            "coefficient_log_sd": _round([c.log_sd for c in priors.for_bases(model.basis_names)]),
+        },
+        "groups": {
+            "models": list(draws.models),
+            "model_architectures": [architectures[m] for m in draws.models],
+            "workloads": list(draws.workloads),
+        },
+        "draws": {"n_draws": int(draws.n_draws)}
+        | {name: _round(getattr(draws, name)) for name in PER_DRAW_FIELDS},
+        "provenance": {
+            "fit_dir": str(fit_dir.resolve()),
+            "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "thin_seed": int(seed),
+            "n_draws_in_fit": int(full.n_draws),
+            "data_hash": str(attrs.get("data_hash", "")),
+            "code_version": str(attrs.get("code_version", "")),
+            "sampler": str(attrs.get("sampler", "")),
+            "n_observations": int(attrs.get("n_observations", 0)),
+        },
+    }
+
+
+def export_artifact(
+    fit_dir: str | Path, out: str | Path, n_draws: int = 400, seed: int = 0
+) -> Path:
+    """Write the artifact of ``fit_dir`` to ``out``; validates it and checks the size limit."""
+    artifact = build_artifact(fit_dir, n_draws=n_draws, seed=seed)
+    validate_artifact(artifact)
+    text = json.dumps(artifact, separators=(",", ":"))
+    if len(text) > MAX_ARTIFACT_BYTES:
+        raise ArtifactError(
+            f"artifact is {len(text)} bytes, over the {MAX_ARTIFACT_BYTES} limit; "
+            "export fewer draws (--draws)"
+        )
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return out
+
+
+# --- reading and validation -----------------------------------------------------------------
+
+
+def load_schema() -> dict:
+    """The JSON Schema shipped next to this module."""
+    return json.loads(resources.files("inference").joinpath(SCHEMA_FILE).read_text())
+
+
+_TYPES = {
+    "object": dict,
+    "array": list,
+    "string": str,
+    "boolean": bool,
+}
+
+
+def _schema_errors(value: Any, schema: dict, path: str) -> list[str]:
+    """Errors of ``value`` against the JSON Schema subset the artifact schema uses."""
+    kind = schema.get("type")
+    if kind == "number":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return [f"{path}: expected a number, got {type(value).__name__}"]
+    elif kind == "integer":
+        if isinstance(value, bool) or not isinstance(value, int):
+            return [f"{path}: expected an integer, got {type(value).__name__}"]
+    elif kind is not None and not isinstance(value, _TYPES[kind]):
+        return [f"{path}: expected {kind}, got {type(value).__name__}"]
+    errors: list[str] = []
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{path}: must be {schema['const']!r}, not {value!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{path}: must be one of {schema['enum']}, not {value!r}")
+    if "minimum" in schema and isinstance(value, int | float) and value < schema["minimum"]:
+        errors.append(f"{path}: must be ≥ {schema['minimum']}, not {value}")
+    low = schema.get("exclusiveMinimum")
+    if low is not None and isinstance(value, int | float) and value <= low:
+        errors.append(f"{path}: must be > {schema['exclusiveMinimum']}, not {value}")
+    if isinstance(value, list):
+        if len(value) < schema.get("minItems", 0):
+            errors.append(f"{path}: needs at least {schema['minItems']} items, has {len(value)}")
+        if "items" in schema:
+            for i, item in enumerate(value):
+                errors += _schema_errors(item, schema["items"], f"{path}[{i}]")
+                if len(errors) > 20:
+                    return errors
+    if isinstance(value, dict):
+        for key in schema.get("required", []):
+            if key not in value:
+                errors.append(f"{path}: missing required key {key!r}")
+        properties = schema.get("properties", {})
+        for key, sub in properties.items():
+            if key in value:
+                errors += _schema_errors(value[key], sub, f"{path}.{key}")
+        extra = schema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key, item in value.items():
+                if key not in properties:
+                    errors += _schema_errors(item, extra, f"{path}.{key}")
+    return errors
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    shape = []
+    while isinstance(value, list):
+        shape.append(len(value))
+        value = value[0] if value else None
+    return tuple(shape)
+
+
+def _shape_errors(artifact: dict) -> list[str]:
+    """Cross-field consistency: every draw array has the dims its groups imply."""
+    draws = artifact["draws"]
+    d = draws["n_draws"]
+    k = len(artifact["basis_names"])
+    m = len(artifact["groups"]["models"])
+    w = len(artifact["groups"]["workloads"])
+    expected = {
+        "log_beta_population": (d, k),
+        "a_moe": (d, k),
+        "log_beta": (d, m, k),
+        "workload_effect": (d, w),
+        "sigma_floor": (d, m),
+        "sigma_step": (d, m),
+        "nu": (d,),
+    }
+    errors = []
+    for name, shape in expected.items():
+        try:
+            got = np.asarray(draws[name], dtype=float).shape
+        except ValueError:
+            got = "ragged"
+        if got != shape:
+            errors.append(f"$.draws.{name}: shape {got}, expected {shape} (draw, ...)")
+    for name in ("model_sd", "moe_sd", "coefficient_medians", "coefficient_log_sd"):
+        if name in artifact["priors"] and _shape(artifact["priors"][name]) != (k,):
+            errors.append(f"$.priors.{name}: needs one value per basis ({k})")
+    if len(artifact["groups"]["model_architectures"]) != m:
+        errors.append("$.groups.model_architectures: needs one entry per model")
+    missing = [x for x in artifact["groups"]["models"] if x not in artifact["model_specs"]]
+    if missing:
+        errors.append(f"$.model_specs: no spec for fitted models {missing}")
+    return errors
+
+
+def validate_artifact(artifact: Any, source: str = "artifact") -> dict:
+    """Raise :class:`ArtifactError` listing what is wrong; returns the artifact when valid."""
+    if not isinstance(artifact, dict):
+        raise ArtifactError(f"{source}: the top level must be a JSON object")
+    if artifact.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(
+            f"{source}: not a steptime artifact (format {artifact.get('format')!r}, "
+            f"expected {ARTIFACT_FORMAT!r})"
+        )
+    if artifact.get("version") != ARTIFACT_VERSION:
+        raise ArtifactError(
+            f"{source}: unsupported artifact version {artifact.get('version')!r} "
+            f"(this steptime reads version {ARTIFACT_VERSION})"
+        )
+    errors = _schema_errors(artifact, load_schema(), "$")
+    if not errors:
+        errors = _shape_errors(artifact)
+    if errors:
+        shown = "\n  ".join(errors[:20])
+        raise ArtifactError(f"{source}: invalid steptime artifact:\n  {shown}")
+    return artifact
+
+
+def load_artifact(path: str | Path) -> dict:
+    """Read and validate an artifact file."""
+    path = Path(path)
+    try:
+        artifact = json.loads(path.read_text())
+    except OSError as err:
+        raise ArtifactError(f"{path}: cannot read artifact: {err}") from None
+    except json.JSONDecodeError as err:
+        raise ArtifactError(f"{path}: not JSON: {err}") from None
+    return validate_artifact(artifact, str(path))
+
+
+def posterior_draws(artifact: dict) -> PosteriorDraws:
+    """The artifact's draws in the layout :mod:`inference.predictive` works on."""
+    draws = artifact["draws"]
+    priors = artifact["priors"]
+    return PosteriorDraws(
+        basis_names=tuple(artifact["basis_names"]),
+        models=tuple(artifact["groups"]["models"]),
+        workloads=tuple(artifact["groups"]["workloads"]),
+        **{name: np.asarray(draws[name], dtype=float) for name in PER_DRAW_FIELDS},
+        model_sd=np.asarray(priors["model_sd"], dtype=float),
+        moe_sd=np.asarray(priors["moe_sd"], dtype=float),
+        workload_sd=float(priors["workload_sd"]),
+    )
