@@ -4,7 +4,8 @@
 few hundred posterior draws and writes everything a numpy-only (or Go) sampler needs:
 the basis-set definition and its nominal constants, hardware constants, the fitted
 models' architecture specs, per-group coefficient draws, the noise parameters and the
-fixed hyperparameters that predict a model or workload the fit never saw.
+fixed hyperparameters that predict a model or workload the fit never saw, and — for a
+``schedule`` fit with the scheduler's slow regime — the regime's draws (``regime``).
 
 ``load_artifact(path)`` reads it back and validates it against
 ``inference/steptime_artifact.schema.json`` (a small built-in validator for the subset of
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from inference.predictive import PosteriorDraws
+from inference.predictive import PosteriorDraws, RegimeDraws
 
 ARTIFACT_FORMAT = "steptime-artifact"
 ARTIFACT_VERSION = 1
@@ -39,6 +40,7 @@ PER_DRAW_FIELDS = (
     "sigma_step",
     "nu",
 )
+REGIME_HYPERPARAMETERS = ("threshold_model_sd", "jump_model_sd", "width")
 
 
 class ArtifactError(ValueError):
@@ -71,6 +73,13 @@ def basis_constants() -> dict[str, float]:
     return constants
 
 
+def regime_section(regime: RegimeDraws) -> dict[str, Any]:
+    """The ``regime`` object of an artifact: fixed hyperparameters plus per-draw arrays."""
+    return {name: float(getattr(regime, name)) for name in REGIME_HYPERPARAMETERS} | {
+        name: _round(getattr(regime, name)) for name in RegimeDraws.PER_DRAW
+    }
+
+
 def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> dict[str, Any]:
     """The artifact of a saved fit as a JSON-ready dict (``n_draws`` thinned draws)."""
     from inference.estimator import StepTimeModel  # ArviZ: only the exporter needs it
@@ -85,7 +94,7 @@ def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> di
         if name not in architectures:
             architectures[name] = model.specs_[name].architecture
     priors = model.priors
-    return {
+    artifact = {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
         "target": model.target,
@@ -121,6 +130,9 @@ def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> di
             "n_observations": int(attrs.get("n_observations", 0)),
         },
     }
+    if draws.regime is not None:
+        artifact["regime"] = regime_section(draws.regime)
+    return artifact
 
 
 def export_artifact(
@@ -175,6 +187,8 @@ def _schema_errors(value: Any, schema: dict, path: str) -> list[str]:
         errors.append(f"{path}: must be one of {schema['enum']}, not {value!r}")
     if "minimum" in schema and isinstance(value, int | float) and value < schema["minimum"]:
         errors.append(f"{path}: must be ≥ {schema['minimum']}, not {value}")
+    if "maximum" in schema and isinstance(value, int | float) and value > schema["maximum"]:
+        errors.append(f"{path}: must be ≤ {schema['maximum']}, not {value}")
     low = schema.get("exclusiveMinimum")
     if low is not None and isinstance(value, int | float) and value <= low:
         errors.append(f"{path}: must be > {schema['exclusiveMinimum']}, not {value}")
@@ -210,6 +224,18 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(shape)
 
 
+def _array_shape_errors(section: dict, expected: dict, path: str) -> list[str]:
+    errors = []
+    for name, shape in expected.items():
+        try:
+            got = np.asarray(section[name], dtype=float).shape
+        except ValueError:
+            got = "ragged"
+        if got != shape:
+            errors.append(f"{path}.{name}: shape {got}, expected {shape} (draw, ...)")
+    return errors
+
+
 def _shape_errors(artifact: dict) -> list[str]:
     """Cross-field consistency: every draw array has the dims its groups imply."""
     draws = artifact["draws"]
@@ -226,14 +252,17 @@ def _shape_errors(artifact: dict) -> list[str]:
         "sigma_step": (d, m),
         "nu": (d,),
     }
-    errors = []
-    for name, shape in expected.items():
-        try:
-            got = np.asarray(draws[name], dtype=float).shape
-        except ValueError:
-            got = "ragged"
-        if got != shape:
-            errors.append(f"$.draws.{name}: shape {got}, expected {shape} (draw, ...)")
+    errors = _array_shape_errors(draws, expected, "$.draws")
+    if artifact.get("regime") is not None:
+        regime_shapes = {
+            "threshold": (d, m),
+            "threshold_population": (d,),
+            "jump": (d, m),
+            "jump_population": (d,),
+            "slow_sigma": (d, m),
+            "p_max": (d,),
+        }
+        errors += _array_shape_errors(artifact["regime"], regime_shapes, "$.regime")
     for name in ("model_sd", "moe_sd", "coefficient_medians", "coefficient_log_sd"):
         if name in artifact["priors"] and _shape(artifact["priors"][name]) != (k,):
             errors.append(f"$.priors.{name}: needs one value per basis ({k})")
@@ -292,4 +321,15 @@ def posterior_draws(artifact: dict) -> PosteriorDraws:
         model_sd=np.asarray(priors["model_sd"], dtype=float),
         moe_sd=np.asarray(priors["moe_sd"], dtype=float),
         workload_sd=float(priors["workload_sd"]),
+        regime=_regime_draws(artifact.get("regime")),
+    )
+
+
+def _regime_draws(regime: dict | None) -> RegimeDraws | None:
+    """The artifact's ``regime`` section as :class:`RegimeDraws` (None when absent)."""
+    if regime is None:
+        return None
+    return RegimeDraws(
+        **{name: np.asarray(regime[name], dtype=float) for name in RegimeDraws.PER_DRAW},
+        **{name: float(regime[name]) for name in REGIME_HYPERPARAMETERS},
     )

@@ -13,6 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def slow_probability(p_max, threshold, width: float, running):
+    """P(slow step) = p_max · sigmoid((running − threshold) / width); broadcasts.
+
+    The sigmoid is written as (1 + tanh(z/2)) / 2, which never overflows.
+    """
+    return p_max * 0.5 * (1.0 + np.tanh(0.5 * (np.asarray(running) - threshold) / width))
+
+
 @dataclass(frozen=True)
 class RegimeDraws:
     """Draws of the scheduler's slow-regime mixture (``schedule`` fits only)."""
@@ -172,8 +180,12 @@ def predictive_draws(
         for m in np.unique(model):
             rows = model == m
             threshold, jump, slow_sigma = draws.regime.for_model(draws, str(m), rng)
-            z = (running_reqs[rows][None, :] - threshold[:, None]) / draws.regime.width
-            p_slow = draws.regime.p_max[:, None] / (1.0 + np.exp(-z))
+            p_slow = slow_probability(
+                draws.regime.p_max[:, None],
+                threshold[:, None],
+                draws.regime.width,
+                running_reqs[rows][None, :],
+            )
             slow = rng.random(p_slow.shape) < p_slow
             log_mean[:, rows] += np.where(slow, jump[:, None], 0.0)
             sigma[:, rows] = np.where(slow, slow_sigma[:, None], sigma[:, rows])

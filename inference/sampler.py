@@ -15,6 +15,13 @@ artifact's draws:
     y = exp(ω_w,d) · Σ_k β_{k,m,d} · basis_k(step) · exp(σ_d · t),   t ~ StudentT(ν_d)
     σ_d = sqrt(σ_floor,m,d² + σ_step,m,d² / gap)  (gap = 1 for one simulated step)
 
+A ``schedule`` artifact with a ``regime`` section (the scheduler's slow regime) mixes in
+slow steps: P(slow) = p_max_d · sigmoid((running_reqs − threshold_m,d) / width), and a slow
+step's time is the fast noise-free time times exp(jump_m,d) with log-noise scale
+slow_sigma_m,d instead of σ_d (:class:`inference.predictive.RegimeDraws`; an unseen model
+draws its threshold and jump through the hyperprior with
+:meth:`~inference.predictive.RegimeDraws.for_model`). Every path below includes it.
+
 A model seen in the fit uses its own β draws; an unseen one (given by a config.json and
 TP) draws them through the hyperprior (population + MoE offset + model_sd · z), a
 workload the fit never saw draws ω from N(0, workload_sd). Those hyperprior draws are
@@ -53,6 +60,7 @@ from inference.predictive import (
     mape_optimal_point,
     noise_draws,
     predictive_draws,
+    slow_probability,
     workload_draws,
 )
 from models import basis as _basis
@@ -84,7 +92,8 @@ def scalar_features(values: Mapping[str, Any]) -> tuple[float, ...]:
         if v is None:
             v = get(BatchFeatures.COLUMNS[name])
         out.append(None if v is None else float(v))
-    decode_reqs, prefill_reqs, prefill_tokens, decode_tokens = (v or 0.0 for v in out[:4])
+    decode_reqs, prefill_reqs, prefill_tokens = (v or 0.0 for v in out[:3])
+    decode_tokens = decode_reqs if out[3] is None else out[3]
     kv, running, waiting, new_blocks = out[4:]
     if running is None:
         running = decode_reqs + prefill_reqs
@@ -197,6 +206,27 @@ def probe_features(n: int = 256, seed: int = 12345) -> BatchFeatures:
 
 
 @dataclass
+class RegimeContext:
+    """The slow regime of one (model, TP, workload): per-draw parameters and fixed samples."""
+
+    threshold: np.ndarray  # (draw,)
+    jump: np.ndarray  # (draw,)
+    slow_sigma: np.ndarray  # (draw,)
+    p_max: np.ndarray  # (draw,)
+    width: float
+    eps_slow: np.ndarray  # (R, draw) exp(jump + slow_sigma·t), predict()'s clipped t
+    uniform: np.ndarray  # (R, draw) fixed uniforms: sample (r, d) is slow when u < P(slow)
+    threshold_central: float  # central parameters (parameter_uncertainty=False)
+    jump_central: float
+    slow_sigma_central: float
+    p_max_central: float
+
+    def p_slow(self, running: np.ndarray) -> np.ndarray:
+        """(steps, draw) P(slow) of steps with the given running-queue depths."""
+        return slow_probability(self.p_max, self.threshold, self.width, running[:, None])
+
+
+@dataclass
 class Context:
     """Everything one (model, TP, workload) needs, precomputed from the draws."""
 
@@ -218,6 +248,7 @@ class Context:
     fast_bases: list[Callable] | None  # scalar basis functions (None: numpy path)
     hardware: HardwareSpec
     basis_names: tuple[str, ...]
+    regime: RegimeContext | None = None  # the scheduler's slow regime, when the fit has one
 
     def bases(self, x: BatchFeatures) -> np.ndarray:
         """(steps, basis) basis matrix by the reference numpy functions."""
@@ -246,12 +277,9 @@ def _order_stats(sorted_samples: np.ndarray, quantiles: np.ndarray) -> np.ndarra
     return a + (sorted_samples[..., hi] - a) * frac
 
 
-def _weighted_median(sorted_samples: np.ndarray) -> np.ndarray:
-    """:func:`mape_optimal_point` of rows already sorted along the last axis."""
-    cumulative = np.cumsum(1.0 / sorted_samples, axis=-1)
-    half = cumulative[..., -1:] / 2.0
-    index = np.argmax(cumulative >= half, axis=-1)
-    return np.take_along_axis(sorted_samples, index[..., None], axis=-1)[..., 0]
+def _point(samples: np.ndarray) -> np.ndarray:
+    """MAPE-optimal point of each row; the noise is already clipped, so no winsorising."""
+    return mape_optimal_point(samples, axis=-1, winsor=0.0)
 
 
 class StepTimeSampler:
@@ -361,6 +389,7 @@ class StepTimeSampler:
         log_beta = coefficient_draws(draws, key, architecture, rng)
         effect = workload_draws(draws, wkey, rng)
         floor, step = noise_draws(draws, key)
+        regime_draws = None if draws.regime is None else draws.regime.for_model(draws, key, rng)
         log_total = log_beta + effect[:, None]
         beta = np.exp(log_total)
         sigma = np.sqrt(floor**2 + step**2)
@@ -368,6 +397,23 @@ class StepTimeSampler:
         t = rng.standard_t(draws.nu[None, :], size=(replicates, draws.n_draws))
         bound = np.quantile(np.abs(t), PREDICT_NOISE_WINSOR)
         t = np.clip(t, -bound, bound)
+        regime = None
+        if regime_draws is not None:
+            threshold, jump, slow_sigma = regime_draws
+            regime = RegimeContext(
+                threshold=threshold,
+                jump=jump,
+                slow_sigma=slow_sigma,
+                p_max=draws.regime.p_max,
+                width=draws.regime.width,
+                # the same t as the fast samples, as inference.predictive.predictive_draws
+                eps_slow=np.exp(jump[None, :] + slow_sigma[None, :] * t),
+                uniform=rng.random(t.shape),
+                threshold_central=float(np.mean(threshold)),
+                jump_central=float(np.mean(jump)),
+                slow_sigma_central=float(np.median(slow_sigma)),
+                p_max_central=float(np.median(draws.regime.p_max)),
+            )
         context = Context(
             model=spec.name,
             spec=spec,
@@ -387,12 +433,16 @@ class StepTimeSampler:
             fast_bases=None,
             hardware=self.hardware,
             basis_names=self.basis_names,
+            regime=regime,
         )
         context.fast_bases = self._checked_fast_bases(context)
+        if regime is not None:
+            return context  # point() is the exact one: the mixture is not linear in b
         # effective coefficients of the fast point: relative least squares of the exact
         # MAPE-optimal point on probe steps (starting from the posterior mean)
-        probes = context.bases(probe_features())
-        exact = _weighted_median(np.sort(self._samples(context, probes), axis=-1))
+        x = probe_features()
+        probes = context.bases(x)
+        exact = _point(self._samples(context, probes, x.running_reqs))
         scaled = probes / exact[:, None]
         fitted, *_ = np.linalg.lstsq(scaled, np.ones(len(exact)), rcond=None)
         if np.all(np.isfinite(fitted)) and np.median(np.abs(scaled @ fitted - 1)) < np.median(
@@ -426,18 +476,38 @@ class StepTimeSampler:
             return False
         return all(np.ndim(v) == 0 for v in batch.values())
 
-    def _batch_bases(self, context: Context, batch: Any) -> tuple[np.ndarray, bool]:
-        """(steps, basis) bases and whether the batch was one step given as scalars."""
+    def _batch_bases(self, context: Context, batch: Any) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(steps, basis) bases, (steps,) running requests, and whether the batch was one
+        step given as scalars."""
         if isinstance(batch, BatchFeatures):
-            return context.bases(batch), False
+            return context.bases(batch), batch.running_reqs, False
         if self._is_single(batch):
-            return context.step_bases(scalar_features(batch))[None, :], True
-        return context.bases(BatchFeatures.from_mapping(batch)), False
+            f = scalar_features(batch)
+            return context.step_bases(f)[None, :], np.array([f[5]]), True
+        x = BatchFeatures.from_mapping(batch)
+        return context.bases(x), x.running_reqs, False
 
-    def _samples(self, context: Context, bases: np.ndarray) -> np.ndarray:
+    def _samples(self, context: Context, bases: np.ndarray, running: np.ndarray) -> np.ndarray:
         """(steps, R·draw) fixed predictive samples of each row."""
         mean = bases @ context.beta.T  # (steps, draw)
-        return (mean[:, None, :] * context.eps[None, :, :]).reshape(bases.shape[0], -1)
+        regime = context.regime
+        if regime is None:
+            noise = context.eps[None, :, :]
+        else:
+            slow = regime.uniform[None, :, :] < regime.p_slow(running)[:, None, :]
+            noise = np.where(slow, regime.eps_slow[None, :, :], context.eps[None, :, :])
+        return (mean[:, None, :] * noise).reshape(bases.shape[0], -1)
+
+    def _summaries(
+        self, ctx: Context, bases: np.ndarray, running: np.ndarray, qs: np.ndarray, chunk: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(point, mean, quantiles (steps, q)) of the fixed samples, ``chunk`` rows at a time."""
+        parts = []
+        for start in range(0, bases.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            s = np.sort(self._samples(ctx, bases[rows], running[rows]), axis=-1)
+            parts.append((_point(s), s.mean(axis=-1), _order_stats(s, qs)))
+        return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
     # --- public API -----------------------------------------------------------------------
 
@@ -468,17 +538,11 @@ class StepTimeSampler:
         """
         ctx = self.context(model, tp, workload, model_config=model_config, as_unseen=as_unseen)
         if not isinstance(batch, BatchFeatures) and self._is_single(batch):
-            return self._predict_one(ctx, ctx.step_bases(scalar_features(batch)), quantiles)
-        bases, single = self._batch_bases(ctx, batch)
+            f = scalar_features(batch)
+            return self._predict_one(ctx, ctx.step_bases(f), f[5], quantiles)
+        bases, running, single = self._batch_bases(ctx, batch)
         qs = np.asarray(quantiles, dtype=float)
-        qs_all = np.concatenate([qs, [0.5]])
-        parts = []
-        for start in range(0, bases.shape[0], chunk):
-            s = np.sort(self._samples(ctx, bases[start : start + chunk]), axis=-1)
-            parts.append((_weighted_median(s), s.mean(axis=-1), _order_stats(s, qs_all)))
-        point = np.concatenate([p[0] for p in parts])
-        mean = np.concatenate([p[1] for p in parts])
-        qv = np.concatenate([p[2] for p in parts], axis=0)
+        point, mean, qv = self._summaries(ctx, bases, running, np.append(qs, 0.5), chunk)
         out: dict[str, Any] = {"point_us": point, "mean_us": mean, "median_us": qv[:, -1]}
         for i, q in enumerate(qs):
             out[f"q{q:g}"] = qv[:, i]
@@ -487,10 +551,20 @@ class StepTimeSampler:
         return out
 
     def _predict_one(
-        self, ctx: Context, bases: np.ndarray, quantiles: tuple[float, ...]
+        self, ctx: Context, bases: np.ndarray, running: float, quantiles: tuple[float, ...]
     ) -> dict[str, float]:
-        """:meth:`predict` of one step, without the 2-D bookkeeping (the hot path)."""
-        samples = (ctx.eps * (ctx.beta @ bases)).ravel()
+        """:meth:`predict` of one step, without the 2-D bookkeeping (the hot path).
+
+        The point is :func:`mape_optimal_point` (no winsorising) written out for one
+        sorted vector; a test checks it against the batch path, which calls it.
+        """
+        regime = ctx.regime
+        if regime is None:
+            noise = ctx.eps
+        else:
+            p_slow = slow_probability(regime.p_max, regime.threshold, regime.width, running)
+            noise = np.where(regime.uniform < p_slow, regime.eps_slow, ctx.eps)
+        samples = (noise * (ctx.beta @ bases)).ravel()
         samples.sort()
         n = samples.shape[0]
         key = (n, tuple(quantiles))
@@ -531,10 +605,18 @@ class StepTimeSampler:
         that fits worse. An approximation: the exact point is not linear in the bases.
         Typically within 0.5% of the exact point for fitted models; looser for unseen
         models, whose hyperprior spread makes it depend more on the batch.
+
+        An artifact with a scheduler ``regime`` has no such linear form (the point jumps
+        with the running-queue depth), so there ``point()`` is exactly
+        ``predict(...)["point_us"]`` — correct, but ~R·draws work per step, not one dot
+        product.
         """
         ctx = self.context(model, tp, workload, model_config=model_config, as_unseen=as_unseen)
-        bases, single = self._batch_bases(ctx, batch)
-        out = bases @ ctx.beta_point
+        bases, running, single = self._batch_bases(ctx, batch)
+        if ctx.regime is not None:
+            out = self._summaries(ctx, bases, running, np.empty(0), 2048)[0]
+        else:
+            out = bases @ ctx.beta_point
         return float(out[0]) if single else out
 
     def sample(
@@ -558,18 +640,41 @@ class StepTimeSampler:
         mean of log β, median σ and ν). ``step_noise``: the Student-t noise of one step
         (gap = 1); off, draws are noise-free means. Both on is the predictive of
         :func:`inference.predictive.predictive_draws` with gap 1.
+
+        With a scheduler ``regime`` the slow/fast choice of a step is step noise: with
+        ``step_noise`` each draw is slow with probability P(slow) and then takes
+        exp(jump + slow_sigma·t) instead of exp(σ·t); without it the draw is the
+        regime-weighted noise-free mean, mean · (1 + P(slow)·(exp(jump) − 1)).
         """
         ctx = self.context(model, tp, workload, model_config=model_config, as_unseen=as_unseen)
-        bases, single = self._batch_bases(ctx, batch)
+        bases, running, single = self._batch_bases(ctx, batch)
+        regime = ctx.regime
         if parameter_uncertainty:
             index = rng.integers(0, ctx.beta.shape[0], size=n)
             mean = ctx.beta[index] @ bases.T  # (n, steps)
             sigma, nu = ctx.sigma[index, None], ctx.nu[index, None]
+            if regime is not None:
+                threshold, jump = regime.threshold[index, None], regime.jump[index, None]
+                slow_sigma, p_max = regime.slow_sigma[index, None], regime.p_max[index, None]
         else:
             mean = np.broadcast_to(bases @ ctx.beta_central, (n, bases.shape[0])).copy()
             sigma, nu = ctx.sigma_central, ctx.nu_central
+            if regime is not None:
+                threshold, jump = regime.threshold_central, regime.jump_central
+                slow_sigma, p_max = regime.slow_sigma_central, regime.p_max_central
+        if regime is None:
+            if step_noise:
+                mean *= np.exp(sigma * rng.standard_t(np.broadcast_to(nu, mean.shape)))
+            return mean[:, 0] if single else mean
+        p_slow = np.broadcast_to(
+            slow_probability(p_max, threshold, regime.width, running[None, :]), mean.shape
+        )
         if step_noise:
-            mean *= np.exp(sigma * rng.standard_t(np.broadcast_to(nu, mean.shape)))
+            t = rng.standard_t(np.broadcast_to(nu, mean.shape))
+            slow = rng.random(mean.shape) < p_slow
+            mean *= np.exp(np.where(slow, jump + slow_sigma * t, sigma * t))
+        else:
+            mean *= 1.0 + p_slow * np.expm1(jump)
         return mean[:, 0] if single else mean
 
     def run_draw(
@@ -625,6 +730,7 @@ class StepTimeSampler:
             design.workload,
             design.gap_steps,
             rng,
+            running_reqs=design.running_reqs,
         )
         index = steps.index if rows is None else steps.index[np.asarray(rows, bool)]
         out = pd.DataFrame(index=np.asarray(index))
@@ -644,6 +750,12 @@ class RunSampler:
     values, clips |t| at its 99th percentile (ν near 1 would otherwise give steps of
     astronomical length), and divides exp(σ_d t) by the pool mean; steps then draw
     from the pool at random.
+
+    With a scheduler ``regime`` a step is slow with probability
+    p_max · sigmoid((running_reqs − threshold) / width) (the run's draw of each); a slow
+    step takes exp(jump) times a second pool, exp(slow_sigma t) divided by its mean. So
+    the expected step time is mean · (1 + P(slow)·(exp(jump) − 1)), which is what a step
+    takes with ``step_noise`` off.
     """
 
     def __init__(
@@ -664,19 +776,49 @@ class RunSampler:
             self.beta = context.beta_central
             sigma, nu = context.sigma_central, context.nu_central
         self.sigma, self.nu = sigma, nu
+        regime = context.regime
+        self.has_regime = regime is not None
+        if regime is not None:
+            j = self.draw
+            central = not parameter_uncertainty
+            self.threshold = float(regime.threshold_central if central else regime.threshold[j])
+            self.jump = float(regime.jump_central if central else regime.jump[j])
+            self.slow_sigma = float(regime.slow_sigma_central if central else regime.slow_sigma[j])
+            self.p_max = float(regime.p_max_central if central else regime.p_max[j])
+            self.width = float(regime.width)
         self._beta_list = self.beta.tolist()
         self.step_noise = step_noise
         if step_noise:
             t = rng.standard_t(nu, size=RUN_NOISE_POOL)
             bound = np.quantile(np.abs(t), RUN_NOISE_WINSOR)
-            pool = np.exp(sigma * np.clip(t, -bound, bound))
+            t = np.clip(t, -bound, bound)
+            pool = np.exp(sigma * t)
             self._pool = (pool / pool.mean()).tolist()
+            if self.has_regime:
+                slow = np.exp(self.slow_sigma * t)
+                self._slow_pool = (slow * (math.exp(self.jump) / slow.mean())).tolist()
         self._picks: list[int] = []
+        self._uniforms: list[float] = []
 
-    def _noise(self) -> float:
+    def p_slow(self, running_reqs: float) -> float:
+        """P(slow step) at this running-queue depth (0 without a regime)."""
+        if not self.has_regime:
+            return 0.0
+        z = 0.5 * (running_reqs - self.threshold) / self.width
+        return self.p_max * 0.5 * (1.0 + math.tanh(z))
+
+    def _uniform(self) -> float:
+        if not self._uniforms:
+            self._uniforms = self.rng.random(RUN_NOISE_POOL).tolist()
+        return self._uniforms.pop()
+
+    def _pick(self) -> int:
         if not self._picks:
             self._picks = self.rng.integers(0, RUN_NOISE_POOL, size=RUN_NOISE_POOL).tolist()
-        return self._pool[self._picks.pop()]
+        return self._picks.pop()
+
+    def _noise(self) -> float:
+        return self._pool[self._pick()]
 
     def __call__(self, batch: Mapping[str, Any]) -> float:
         """One step's time (µs) for features given as a mapping of scalars."""
@@ -688,7 +830,13 @@ class RunSampler:
             )
         else:
             mean = float(ctx.step_bases(f) @ self.beta)
-        return mean * self._noise() if self.step_noise else mean
+        if not self.has_regime:
+            return mean * self._noise() if self.step_noise else mean
+        p_slow = self.p_slow(f[5])
+        if not self.step_noise:
+            return mean * (1.0 + p_slow * math.expm1(self.jump))
+        pool = self._slow_pool if self._uniform() < p_slow else self._pool
+        return mean * pool[self._pick()]
 
     def step_time_fn(self, features: Mapping[str, Any]) -> float:
         """Adapter for ``data_prep.synth.twin.simulate(step_time_fn=...)``: the step's

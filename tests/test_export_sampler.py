@@ -25,15 +25,23 @@ BATCH = {"decode_reqs": 32, "prefill_tokens": 0, "kv_tokens": 20000}
 
 
 @pytest.fixture(scope="module")
-def tiny_fit(tmp_path_factory):
-    """A small real fit: ~240 cycle rows of the tiny synthetic campaign, 2 × 100 draws."""
+def tiny_steps(tmp_path_factory):
+    """The step dataset of the tiny synthetic campaign."""
     from data_prep.dataset import prepare_steps
     from data_prep.synth.campaign import run_campaign
+
+    root = tmp_path_factory.mktemp("campaign")
+    run_campaign("tiny", 0, root / "campaign", workers=1, progress=False)
+    return prepare_steps([root / "campaign"]).steps
+
+
+@pytest.fixture(scope="module")
+def tiny_fit(tmp_path_factory, tiny_steps):
+    """A small real fit: ~240 cycle rows of the tiny synthetic campaign, 2 × 100 draws."""
     from inference.estimator import StepTimeModel
 
     root = tmp_path_factory.mktemp("tiny")
-    run_campaign("tiny", 0, root / "campaign", workers=1, progress=False)
-    steps = prepare_steps([root / "campaign"]).steps
+    steps = tiny_steps
     rows = steps["cycle_us"].notna().to_numpy()
     rng = np.random.default_rng(0)
     keep = np.zeros(len(steps), dtype=bool)
@@ -293,3 +301,213 @@ def test_predict_cli_rejects_bad_batch(tiny_fit):
     )
     assert out.returncode == 2
     assert "bad batch item 'decode=32'" in out.stderr
+
+
+# --- the scheduler's slow regime (schedule target) ---------------------------------------
+
+SCHED = {"model": "llama-2-70b", "tp": 4, "workload": "general"}
+
+
+@pytest.fixture(scope="module")
+def schedule_fit(tmp_path_factory, tiny_steps):
+    """A small schedule-target fit (two-regime mixture): ≤ 150 rows per model, 2 × 100 draws."""
+    from inference.estimator import StepTimeModel
+
+    root = tmp_path_factory.mktemp("schedule")
+    steps = tiny_steps
+    has_target = steps["step.duration_us"].notna().to_numpy()
+    rng = np.random.default_rng(0)
+    keep = np.zeros(len(steps), dtype=bool)
+    for name in steps["model"].unique():
+        candidates = np.flatnonzero(has_target & (steps["model"] == name).to_numpy())
+        keep[rng.choice(candidates, size=min(150, candidates.size), replace=False)] = True
+    model = StepTimeModel(target="schedule")
+    assert model.priors.regime is not None
+    model.fit(steps, keep, draws=100, tune=100, chains=2, seed=1, progressbar=False)
+    folder = model.save(root / "fit")
+    # all 200 draws, so the sampler's predict_frame thins exactly as the estimator does
+    artifact = export_artifact(folder, root / "steptime.json", n_draws=400, seed=0)
+    return {"steps": steps, "rows": keep, "model": model, "fit": folder, "artifact": artifact}
+
+
+@pytest.fixture(scope="module")
+def schedule_sampler(schedule_fit):
+    return StepTimeSampler.load(schedule_fit["artifact"])
+
+
+def _without_regime(sampler: StepTimeSampler) -> StepTimeSampler:
+    artifact = {k: v for k, v in sampler.artifact.items() if k != "regime"}
+    return StepTimeSampler(artifact)
+
+
+def _with_regime(sampler: StepTimeSampler, **values) -> StepTimeSampler:
+    """The sampler's artifact with a hand-built regime: every draw and model the same."""
+    artifact = json.loads(json.dumps(sampler.artifact))
+    d = artifact["draws"]["n_draws"]
+    m = len(artifact["groups"]["models"])
+    regime = artifact["regime"]
+    for name, value in values.items():
+        if name in ("threshold", "jump", "slow_sigma"):
+            regime[name] = np.full((d, m), value).tolist()
+        elif name in ("threshold_population", "jump_population", "p_max"):
+            regime[name] = np.full(d, value).tolist()
+        else:
+            regime[name] = value
+    return StepTimeSampler(artifact)
+
+
+def test_schedule_artifact_carries_the_regime(schedule_fit, schedule_sampler):
+    from inference.export import build_artifact, posterior_draws
+
+    assert "regime" in load_artifact(schedule_fit["artifact"])
+    artifact = validate_artifact(build_artifact(schedule_fit["fit"], n_draws=150, seed=0))
+    regime = artifact["regime"]
+    d, m = artifact["draws"]["n_draws"], len(artifact["groups"]["models"])
+    assert d == 150
+    for name in ("threshold", "jump", "slow_sigma"):
+        assert np.shape(regime[name]) == (d, m)
+    for name in ("threshold_population", "jump_population", "p_max"):
+        assert np.shape(regime[name]) == (d,)
+    prior = schedule_fit["model"].priors.regime
+    assert regime["width"] == prior.width
+    assert regime["threshold_model_sd"] == prior.threshold_model_sd
+    assert regime["jump_model_sd"] == prior.jump_model_sd
+    # thinned with the same draw indices as the rest of the draws
+    full = schedule_fit["model"].posterior_draws()
+    thinned = full.thin(150, np.random.default_rng(0))
+    draws = posterior_draws(artifact)
+    np.testing.assert_allclose(draws.nu, thinned.nu, rtol=1e-5)
+    np.testing.assert_allclose(draws.regime.threshold, thinned.regime.threshold, rtol=1e-5)
+    np.testing.assert_allclose(draws.regime.jump, thinned.regime.jump, rtol=1e-5)
+    np.testing.assert_allclose(draws.regime.p_max, thinned.regime.p_max, rtol=1e-5)
+    assert schedule_sampler.context(**SCHED).regime is not None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda r: r.pop("threshold"), "$.regime: missing required key 'threshold'"),
+        (lambda r: r["jump"][0].pop(), "$.regime.jump: shape"),
+        (lambda r: r["p_max"].pop(), "$.regime.p_max: shape"),
+        (lambda r: r["p_max"].__setitem__(0, 1.5), "must be ≤ 1"),
+        (lambda r: r.update(width=0.0), "$.regime.width: must be > 0"),
+    ],
+)
+def test_regime_validation_names_what_is_wrong(schedule_fit, mutate, message):
+    artifact = json.loads(schedule_fit["artifact"].read_text())
+    mutate(artifact["regime"])
+    with pytest.raises(ArtifactError) as err:
+        validate_artifact(artifact)
+    assert message in str(err.value)
+
+
+def test_schedule_predict_frame_equals_estimator_predict(schedule_fit, schedule_sampler):
+    steps, rows = schedule_fit["steps"], schedule_fit["rows"]
+    expected = schedule_fit["model"].predict(steps, rows, n_draws=1000, seed=3)
+    got = schedule_sampler.predict_frame(steps, rows, n_draws=1000, seed=3)
+    assert list(got.columns) == list(expected.columns)
+    # rounding of the draws can flip a rare slow/fast pick: compare medians over rows
+    for column in ("point_us", "q0.05", "q0.25", "q0.5", "q0.75", "q0.95"):
+        ratio = got[column].to_numpy() / expected[column].to_numpy()
+        assert np.median(np.abs(ratio - 1)) < 1e-4, column
+        assert np.quantile(np.abs(ratio - 1), 0.95) < 1e-2, column
+    # and the regime matters: without it the slow rows come out far too fast
+    plain = _without_regime(schedule_sampler).predict_frame(steps, rows, n_draws=1000, seed=3)
+    running = steps.loc[rows, "queue.running_depth"].to_numpy()
+    busy = running > 110
+    assert busy.sum() >= 5
+    assert np.median(expected["q0.5"].to_numpy()[busy] / plain["q0.5"].to_numpy()[busy]) > 3
+
+
+def test_fitted_regime_slows_busy_steps(schedule_sampler):
+    plain = _without_regime(schedule_sampler)
+    rng = np.random.default_rng(0)
+    medians = {}
+    for name, sampler in (("regime", schedule_sampler), ("plain", plain)):
+        for running in (10, 200):
+            batch = {"decode_reqs": 8, "running_reqs": running}
+            medians[name, running] = np.median(sampler.sample(batch, 4000, rng, **SCHED))
+    # quiet queue: the regime changes nothing (P(slow) ≈ 0 far below the threshold)
+    assert medians["regime", 10] == pytest.approx(medians["plain", 10], rel=0.05)
+    # busy queue: steps are slower by about the fitted exp(jump) (≈ 10 here)
+    jump = np.median(schedule_sampler.context(**SCHED).regime.jump)
+    assert jump > np.log(3)
+    slowdown = medians["regime", 200] / medians["plain", 200]
+    assert slowdown == pytest.approx(np.exp(jump), rel=0.5)
+
+
+def test_every_path_switches_regime_at_the_threshold(schedule_sampler):
+    """Hand-built regime: threshold 60, jump ×10, tiny slow noise, p_max 1, width 4."""
+    sampler = _with_regime(
+        schedule_sampler,
+        threshold=60.0,
+        jump=np.log(10.0),
+        slow_sigma=1e-3,
+        p_max=1.0,
+        width=4.0,
+    )
+    plain = _without_regime(schedule_sampler)
+    kwargs = dict(SCHED)
+    for running, factor in ((20, 1.0), (100, 10.0)):
+        batch = {"decode_reqs": 8, "running_reqs": running}
+        fast = plain.predict(batch, **kwargs)["median_us"]
+        assert sampler.predict(batch, **kwargs)["median_us"] == pytest.approx(
+            factor * fast, rel=0.1
+        )
+        assert sampler.point(batch, **kwargs) == pytest.approx(
+            sampler.predict(batch, **kwargs)["point_us"], rel=1e-12
+        )
+        rng = np.random.default_rng(running)
+        assert np.median(sampler.sample(batch, 4000, rng, **kwargs)) == pytest.approx(
+            factor * fast, rel=0.1
+        )
+        # runs (central draw): fast steps have the plain run's noise; slow ones (σ ≈ 0)
+        # are exp(jump) times the noise-free time, the slow pool being mean-normalised
+        seed = np.random.default_rng(running)
+        run = sampler.run_draw(seed, parameter_uncertainty=False, **kwargs)
+        times = np.median([run.step_time_fn(batch) for _ in range(4000)])
+        if factor == 1.0:
+            plain_run = plain.run_draw(seed, parameter_uncertainty=False, **kwargs)
+            expected = np.median([plain_run(batch) for _ in range(4000)])
+        else:
+            quiet = plain.run_draw(seed, parameter_uncertainty=False, step_noise=False, **kwargs)
+            expected = factor * quiet(batch)
+        assert times == pytest.approx(expected, rel=0.05)
+    # at the threshold half the steps are slow, in every path
+    batch = {"decode_reqs": 8, "running_reqs": 60}
+    fast = plain.predict(batch, **kwargs)["median_us"]
+    rng = np.random.default_rng(1)
+    slow_share = np.mean(sampler.sample(batch, 4000, rng, **kwargs) > 3 * fast)
+    assert slow_share == pytest.approx(0.5, abs=0.05)
+    # runs: the same seed picks the same posterior draw with and without the regime
+    fast = plain.run_draw(np.random.default_rng(2), step_noise=False, **kwargs)(batch)
+    run = sampler.run_draw(np.random.default_rng(2), **kwargs)
+    assert run.p_slow(60) == pytest.approx(0.5)
+    times = np.array([run(batch) for _ in range(4000)])
+    assert np.mean(times > 3 * fast) == pytest.approx(0.5, abs=0.05)
+    # mean-preserving simulation noise includes the regime: E = fast · (1 + 0.5 · 9)
+    quiet = sampler.run_draw(np.random.default_rng(2), step_noise=False, **kwargs)(batch)
+    assert quiet == pytest.approx(5.5 * fast, rel=1e-9)
+    times = np.array([run(batch) for _ in range(20_000)])
+    assert np.mean(times) == pytest.approx(quiet, rel=0.03)
+    # the batch path equals the single-step hot path
+    x = probe_features(16, seed=5)
+    arrays = {name: getattr(x, name) for name in _feature_names()}
+    arrays["running_reqs"] = np.linspace(0, 120, 16)
+    many = sampler.predict(arrays, **kwargs)
+    for i in range(16):
+        one = sampler.predict({k: float(v[i]) for k, v in arrays.items()}, **kwargs)
+        for key in one:
+            assert one[key] == pytest.approx(float(many[key][i]), rel=1e-9)
+    np.testing.assert_allclose(sampler.point(arrays, **kwargs), many["point_us"], rtol=1e-12)
+
+
+def test_unseen_model_draws_the_regime_through_the_hyperprior(schedule_sampler):
+    sampler = _with_regime(
+        schedule_sampler, threshold=60.0, threshold_population=60.0, threshold_model_sd=16.0
+    )
+    seen = sampler.context(**SCHED).regime
+    unseen = sampler.context(**SCHED, as_unseen=True).regime
+    assert np.ptp(seen.threshold) == 0
+    assert np.std(unseen.threshold) == pytest.approx(16.0, rel=0.3)
+    assert np.mean(unseen.threshold) == pytest.approx(60.0, abs=6.0)
