@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--chains", type=int, default=4)
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--sampler", choices=("nutpie", "pymc"), default="nutpie")
-    fit.add_argument("--target-accept", type=float, default=0.9)
+    fit.add_argument("--target-accept", type=float, default=0.95, help="NUTS step-size target")
     fit.add_argument("--hardware", default="h100-sxm", help="shipped name or JSON file")
     fit.add_argument(
         "--model-config-dir",

@@ -30,8 +30,8 @@ from data_prep.specs import (
 from inference.predictive import (
     PosteriorDraws,
     RegimeDraws,
-    mape_optimal_point,
-    predictive_draws,
+    design_predictive,
+    summarize_predictive,
 )
 from models.basis import BASIS_SET_VERSION, DEFAULT_BASIS_SETS
 from models.design import Design, build_design
@@ -133,7 +133,7 @@ class StepTimeModel:
         seed: int = 0,
         sampler: str = "nutpie",
         progressbar: bool = True,
-        target_accept: float = 0.9,
+        target_accept: float = 0.95,
     ) -> StepTimeModel:
         """Sample the posterior by NUTS on ``steps[rows]`` (rows with a target only)."""
         from models.hierarchical import GroupCoords, build_model
@@ -223,16 +223,7 @@ class StepTimeModel:
         rng = np.random.default_rng(seed)
         design = self.design(steps, rows=rows, specs=specs)
         draws = self.posterior_draws().thin(n_draws, rng)
-        samples = predictive_draws(
-            draws,
-            design.bases,
-            design.model,
-            design.architecture,
-            design.workload,
-            design.gap_steps,
-            rng,
-            running_reqs=design.running_reqs,
-        )
+        samples = design_predictive(draws, design, rng)
         index = steps.index if rows is None else steps.index[np.asarray(rows, bool)]
         return xr.DataArray(
             samples,
@@ -256,13 +247,7 @@ class StepTimeModel:
         samples = self.sample_posterior_predictive(
             steps, rows, n_draws=n_draws, seed=seed, specs=specs
         )
-        values = samples.values
-        out = pd.DataFrame(index=samples["row"].values)
-        out["point_us"] = mape_optimal_point(values)
-        out["mean_us"] = values.mean(axis=0)
-        for q, row in zip(quantiles, np.quantile(values, quantiles, axis=0), strict=True):
-            out[f"q{q:g}"] = row
-        return out
+        return summarize_predictive(samples.values, samples["row"].values, quantiles)
 
     # --- persistence -------------------------------------------------------------------
 
@@ -316,7 +301,7 @@ def sample_nuts(
     seed: int,
     sampler: str = "nutpie",
     progressbar: bool = True,
-    target_accept: float = 0.9,
+    target_accept: float = 0.95,
 ) -> az.InferenceData:
     """NUTS through nutpie (numba-compiled) or, as the fallback, PyMC's own sampler."""
     if sampler == "nutpie":

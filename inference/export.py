@@ -31,15 +31,7 @@ ARTIFACT_VERSION = 1
 SCHEMA_FILE = "steptime_artifact.schema.json"
 SIGNIFICANT_DIGITS = 6
 MAX_ARTIFACT_BYTES = 2_000_000
-PER_DRAW_FIELDS = (
-    "log_beta_population",
-    "a_moe",
-    "log_beta",
-    "workload_effect",
-    "sigma_floor",
-    "sigma_step",
-    "nu",
-)
+PER_DRAW_FIELDS = PosteriorDraws.PER_DRAW
 REGIME_HYPERPARAMETERS = ("threshold_model_sd", "jump_model_sd", "width")
 
 

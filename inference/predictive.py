@@ -80,6 +80,16 @@ class PosteriorDraws:
     workload_sd: float
     regime: RegimeDraws | None = None
 
+    PER_DRAW = (
+        "log_beta_population",
+        "a_moe",
+        "log_beta",
+        "workload_effect",
+        "sigma_floor",
+        "sigma_step",
+        "nu",
+    )
+
     @property
     def n_draws(self) -> int:
         return self.nu.shape[0]
@@ -89,16 +99,7 @@ class PosteriorDraws:
         if n >= self.n_draws:
             return self
         keep = np.sort(rng.choice(self.n_draws, size=n, replace=False))
-        per_draw = (
-            "log_beta_population",
-            "a_moe",
-            "log_beta",
-            "workload_effect",
-            "sigma_floor",
-            "sigma_step",
-            "nu",
-        )
-        changes = {name: getattr(self, name)[keep] for name in per_draw}
+        changes = {name: getattr(self, name)[keep] for name in self.PER_DRAW}
         if self.regime is not None:
             changes["regime"] = self.regime.take(keep)
         return PosteriorDraws(**{**self.__dict__, **changes})
@@ -191,6 +192,32 @@ def predictive_draws(
             sigma[:, rows] = np.where(slow, slow_sigma[:, None], sigma[:, rows])
     t = rng.standard_t(draws.nu[:, None], size=log_mean.shape)
     return np.exp(log_mean + sigma * t)
+
+
+def design_predictive(draws: PosteriorDraws, design, rng: np.random.Generator) -> np.ndarray:
+    """:func:`predictive_draws` for the rows of a :class:`models.design.Design`."""
+    return predictive_draws(
+        draws,
+        design.bases,
+        design.model,
+        design.architecture,
+        design.workload,
+        design.gap_steps,
+        rng,
+        running_reqs=design.running_reqs,
+    )
+
+
+def summarize_predictive(samples: np.ndarray, index, quantiles: tuple[float, ...]):
+    """Per row: MAPE-optimal point, mean and the requested quantiles (µs), as a DataFrame."""
+    import pandas as pd
+
+    out = pd.DataFrame(index=np.asarray(index))
+    out["point_us"] = mape_optimal_point(samples)
+    out["mean_us"] = samples.mean(axis=0)
+    for q, row in zip(quantiles, np.quantile(samples, quantiles, axis=0), strict=True):
+        out[f"q{q:g}"] = row
+    return out
 
 
 def mape_optimal_point(samples: np.ndarray, axis: int = 0, winsor: float = 0.005) -> np.ndarray:

@@ -57,10 +57,11 @@ from inference.export import load_artifact, posterior_draws, validate_artifact
 from inference.predictive import (
     PosteriorDraws,
     coefficient_draws,
+    design_predictive,
     mape_optimal_point,
     noise_draws,
-    predictive_draws,
     slow_probability,
+    summarize_predictive,
     workload_draws,
 )
 from models import basis as _basis
@@ -709,8 +710,6 @@ class StepTimeSampler:
         gap-averaged and carry their gap — and runs the same predictive with the same
         seed handling, so on the same draws the numbers are the estimator's.
         """
-        import pandas as pd
-
         from models.design import build_design
 
         all_specs = dict(self.model_specs)
@@ -722,23 +721,9 @@ class StepTimeSampler:
         )
         rng = np.random.default_rng(seed)
         draws = self.draws.thin(n_draws, rng)
-        values = predictive_draws(
-            draws,
-            design.bases,
-            design.model,
-            design.architecture,
-            design.workload,
-            design.gap_steps,
-            rng,
-            running_reqs=design.running_reqs,
-        )
+        values = design_predictive(draws, design, rng)
         index = steps.index if rows is None else steps.index[np.asarray(rows, bool)]
-        out = pd.DataFrame(index=np.asarray(index))
-        out["point_us"] = mape_optimal_point(values)
-        out["mean_us"] = values.mean(axis=0)
-        for q, row in zip(quantiles, np.quantile(values, quantiles, axis=0), strict=True):
-            out[f"q{q:g}"] = row
-        return out
+        return summarize_predictive(values, index, quantiles)
 
 
 class RunSampler:

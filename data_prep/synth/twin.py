@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
+from data_prep.schema import STEP_ATTRIBUTES
 from data_prep.specs import get_model_spec, load_hardware
 from data_prep.synth.oracle import Oracle
 from data_prep.synth.workloads import (
@@ -49,24 +50,7 @@ from data_prep.synth.workloads import (
 )
 
 MONOTONIC_ORIGIN_NS = 20_020_000_000_000  # server monotonic clock at the first arrival
-STEP_COLUMNS = (
-    "step.id",
-    "step.ts_start_ns",
-    "step.ts_end_ns",
-    "step.duration_us",
-    "queue.running_depth",
-    "queue.waiting_depth",
-    "batch.num_prefill_reqs",
-    "batch.num_decode_reqs",
-    "batch.scheduled_tokens",
-    "batch.prefill_tokens",
-    "batch.decode_tokens",
-    "batch.num_finished",
-    "batch.num_preempted",
-    "kv.usage_gpu_ratio",
-    "kv.blocks_free_gpu",
-    "kv.blocks_total_gpu",
-)
+STEP_COLUMNS: tuple[str, ...] = tuple(STEP_ATTRIBUTES)  # BATCH_SUMMARY attributes, trace order
 TRUE_COLUMNS = (
     "true.context_tokens",
     "true.attn_pairs",
