@@ -125,3 +125,14 @@ def real_data() -> Path:
     if not (SHARED_DATA / "real").is_dir():
         pytest.skip(f"real data not available: {SHARED_DATA.resolve()} (../shared/data) absent")
     return SHARED_DATA.resolve()
+
+
+@pytest.fixture(scope="session")
+def tiny_steps(tmp_path_factory):
+    """The step dataset of the tiny synthetic campaign (needs no ../shared)."""
+    from data_prep.dataset import prepare_steps
+    from data_prep.synth.campaign import run_campaign
+
+    root = tmp_path_factory.mktemp("campaign")
+    run_campaign("tiny", 0, root / "campaign", workers=1, progress=False)
+    return prepare_steps([root / "campaign"]).steps

@@ -25,17 +25,6 @@ BATCH = {"decode_reqs": 32, "prefill_tokens": 0, "kv_tokens": 20000}
 
 
 @pytest.fixture(scope="module")
-def tiny_steps(tmp_path_factory):
-    """The step dataset of the tiny synthetic campaign."""
-    from data_prep.dataset import prepare_steps
-    from data_prep.synth.campaign import run_campaign
-
-    root = tmp_path_factory.mktemp("campaign")
-    run_campaign("tiny", 0, root / "campaign", workers=1, progress=False)
-    return prepare_steps([root / "campaign"]).steps
-
-
-@pytest.fixture(scope="module")
 def tiny_fit(tmp_path_factory, tiny_steps):
     """A small real fit: ~240 cycle rows of the tiny synthetic campaign, 2 × 100 draws."""
     from inference.estimator import StepTimeModel
