@@ -335,5 +335,6 @@ def sample_nuts(
             cores=min(chains, 2),
             random_seed=seed,
             progressbar=progressbar,
+            init="adapt_diag",
             target_accept=target_accept,
         )
