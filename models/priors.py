@@ -85,7 +85,7 @@ DEFAULT_COEFFICIENT_PRIORS: dict[str, CoefficientPrior] = {
     "static_step": CoefficientPrior(median=1.0, log_sd=0.3, model_sd=0.1),
     # cycle: inverse hardware efficiencies
     "weights": CoefficientPrior(median=1.25, log_sd=0.25, model_sd=0.1),
-    "linear_compute": CoefficientPrior(median=1.6, log_sd=0.3, model_sd=0.15),
+    "linear_compute": CoefficientPrior(median=1.6, log_sd=0.15, model_sd=0.1),
     "prefill_attention": CoefficientPrior(median=2.0, log_sd=0.8, model_sd=0.2),
     "kv_read": CoefficientPrior(median=1.5, log_sd=0.6, model_sd=0.2),
     "allreduce_bw": CoefficientPrior(median=1.4, log_sd=0.3, model_sd=0.15),
