@@ -130,3 +130,12 @@ def test_breakdown_groups_rows():
     samples = np.tile(frame["y"].to_numpy(), (4, 1))
     with_samples = breakdown(frame, ("model",), samples=samples)
     assert with_samples["model"]["a"]["crps"] == 0.0
+
+
+def test_score_crps_is_not_set_by_one_extreme_draw():
+    rng = np.random.default_rng(0)
+    y = np.full(50, 100.0)
+    samples = rng.normal(100.0, 5.0, (1000, 50))
+    calm = score(y, y, samples=samples)["crps"]
+    samples[0, 0] = 1e18
+    assert score(y, y, samples=samples)["crps"] == pytest.approx(calm, rel=0.05)
