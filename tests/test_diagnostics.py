@@ -84,24 +84,15 @@ def tiny(tmp_path_factory):
     return {"steps": steps, "data": data, "split": split, "fit": fit, "folder": folder}
 
 
+def run_evaluate(tiny, out, *extra: str) -> int:
+    """`steptime evaluate` of the tiny fit on its split's test rows, writing to ``out``."""
+    args = ["--fit", str(tiny["fit"]), "--data", str(tiny["data"]), "--split", str(tiny["split"])]
+    return main(["evaluate", *args, "--out", str(out), *extra])
+
+
 def test_evaluate_json_contract(tiny, capsys):
     out = tiny["folder"] / "report"
-    code = main(
-        [
-            "evaluate",
-            "--fit",
-            str(tiny["fit"]),
-            "--data",
-            str(tiny["data"]),
-            "--split",
-            str(tiny["split"]),
-            "--out",
-            str(out),
-            "--json",
-            "--draws",
-            "300",
-        ]
-    )
+    code = run_evaluate(tiny, out, "--json", "--draws", "300")
     assert code == 0
     printed = capsys.readouterr().out.strip().splitlines()
     assert len(printed) == 1
@@ -151,23 +142,7 @@ def test_report_renders_and_links_every_figure(tiny):
             }
         )
     )
-    code = main(
-        [
-            "evaluate",
-            "--fit",
-            str(tiny["fit"]),
-            "--data",
-            str(tiny["data"]),
-            "--split",
-            str(tiny["split"]),
-            "--out",
-            str(out),
-            "--crossval",
-            str(crossval),
-            "--draws",
-            "200",
-        ]
-    )
+    code = run_evaluate(tiny, out, "--crossval", str(crossval), "--draws", "200")
     assert code == 0
     report = (out / "report.md").read_text()
     pngs = sorted(p.name for p in out.glob("*.png"))
