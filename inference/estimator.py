@@ -30,6 +30,7 @@ from data_prep.specs import (
 from inference.predictive import (
     PosteriorDraws,
     RegimeDraws,
+    StallDraws,
     design_predictive,
     summarize_predictive,
 )
@@ -66,7 +67,9 @@ def code_version() -> str:
 def data_hash(design: Design) -> str:
     """Fingerprint of exactly what the likelihood saw."""
     digest = hashlib.sha256()
-    for array in (design.bases, design.y, design.gap_steps):
+    arrays = (design.bases, design.y, design.gap_steps)
+    arrays += (design.prefill_share, design.prefill_bases, design.decode_bases)
+    for array in arrays:
         digest.update(np.ascontiguousarray(array, dtype=float).tobytes())
     for labels in (design.model, design.workload):
         digest.update("\x00".join(map(str, labels)).encode())
@@ -192,6 +195,16 @@ class StepTimeModel:
             moe_sd=np.array([p.moe_sd for p in priors]),
             workload_sd=self.priors.noise.workload_sd,
             regime=self._regime_draws(post),
+            stall=self._stall_draws(post),
+        )
+
+    def _stall_draws(self, post: xr.Dataset) -> StallDraws | None:
+        if self.priors.stall is None or "stall_rate" not in post:
+            return None
+        return StallDraws(
+            rate=post["stall_rate"].values,
+            log_jump=post["stall_log_jump"].values,
+            spread=post["stall_spread"].values,
         )
 
     def _regime_draws(self, post: xr.Dataset) -> RegimeDraws | None:

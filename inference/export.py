@@ -5,7 +5,8 @@ few hundred posterior draws and writes everything a numpy-only (or Go) sampler n
 the basis-set definition and its nominal constants, hardware constants, the fitted
 models' architecture specs, per-group coefficient draws, the noise parameters and the
 fixed hyperparameters that predict a model or workload the fit never saw, and — for a
-``schedule`` fit with the scheduler's slow regime — the regime's draws (``regime``).
+``schedule`` fit with the scheduler's slow regime — the regime's draws (``regime``), and
+for a ``cycle`` fit the rare-stall draws (``stall``).
 
 ``load_artifact(path)`` reads it back and validates it against
 ``inference/steptime_artifact.schema.json`` (a small built-in validator for the subset of
@@ -24,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from inference.predictive import PosteriorDraws, RegimeDraws
+from inference.predictive import PosteriorDraws, RegimeDraws, StallDraws
 
 ARTIFACT_FORMAT = "steptime-artifact"
-ARTIFACT_VERSION = 1
+ARTIFACT_VERSION = 2  # 2: optional "stall" section
 SCHEMA_FILE = "steptime_artifact.schema.json"
 SIGNIFICANT_DIGITS = 6
 MAX_ARTIFACT_BYTES = 2_000_000
@@ -124,6 +125,10 @@ def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> di
     }
     if draws.regime is not None:
         artifact["regime"] = regime_section(draws.regime)
+    if draws.stall is not None:
+        artifact["stall"] = {
+            name: _round(getattr(draws.stall, name)) for name in StallDraws.PER_DRAW
+        }
     return artifact
 
 
@@ -255,6 +260,9 @@ def _shape_errors(artifact: dict) -> list[str]:
             "p_max": (d,),
         }
         errors += _array_shape_errors(artifact["regime"], regime_shapes, "$.regime")
+    if artifact.get("stall") is not None:
+        stall_shapes = dict.fromkeys(StallDraws.PER_DRAW, (d,))
+        errors += _array_shape_errors(artifact["stall"], stall_shapes, "$.stall")
     for name in ("model_sd", "moe_sd", "coefficient_medians", "coefficient_log_sd"):
         if name in artifact["priors"] and _shape(artifact["priors"][name]) != (k,):
             errors.append(f"$.priors.{name}: needs one value per basis ({k})")
@@ -314,6 +322,16 @@ def posterior_draws(artifact: dict) -> PosteriorDraws:
         moe_sd=np.asarray(priors["moe_sd"], dtype=float),
         workload_sd=float(priors["workload_sd"]),
         regime=_regime_draws(artifact.get("regime")),
+        stall=_stall_draws(artifact.get("stall")),
+    )
+
+
+def _stall_draws(stall: dict | None) -> StallDraws | None:
+    """The artifact's ``stall`` section as :class:`StallDraws` (None when absent)."""
+    if stall is None:
+        return None
+    return StallDraws(
+        **{name: np.asarray(stall[name], dtype=float) for name in StallDraws.PER_DRAW}
     )
 
 

@@ -62,6 +62,32 @@ class RegimeDraws:
 
 
 @dataclass(frozen=True)
+class StallDraws:
+    """Draws of the rare-stall component (``cycle`` fits): a stalled step takes
+    exp(log_jump + spread·z) times longer, z ~ N(0, 1); steps stall with prob. ``rate``."""
+
+    rate: np.ndarray  # (draw,)
+    log_jump: np.ndarray  # (draw,)
+    spread: np.ndarray  # (draw,)
+
+    PER_DRAW = ("rate", "log_jump", "spread")
+
+    def take(self, keep: np.ndarray) -> StallDraws:
+        return StallDraws(*(getattr(self, name)[keep] for name in self.PER_DRAW))
+
+    def multipliers(self, rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+        """Per-step time multipliers of ``shape`` whose last axis is the draw: J for a
+        stalled step, 1 otherwise."""
+        stalled = rng.random(shape) < self.rate
+        jump = np.exp(self.log_jump + self.spread * rng.standard_normal(shape))
+        return np.where(stalled, jump, 1.0)
+
+    def mean_multiplier(self) -> np.ndarray:
+        """Expected step-time multiplier per draw: 1 + rate · (E[J] − 1)."""
+        return 1.0 + self.rate * np.expm1(self.log_jump + 0.5 * self.spread**2)
+
+
+@dataclass(frozen=True)
 class PosteriorDraws:
     """Flattened posterior draws (axis 0 = draw) and the fixed hyperparameters."""
 
@@ -79,6 +105,7 @@ class PosteriorDraws:
     moe_sd: np.ndarray  # (basis,) fixed MoE-offset prior scale
     workload_sd: float
     regime: RegimeDraws | None = None
+    stall: StallDraws | None = None
 
     PER_DRAW = (
         "log_beta_population",
@@ -102,6 +129,8 @@ class PosteriorDraws:
         changes = {name: getattr(self, name)[keep] for name in self.PER_DRAW}
         if self.regime is not None:
             changes["regime"] = self.regime.take(keep)
+        if self.stall is not None:
+            changes["stall"] = self.stall.take(keep)
         return PosteriorDraws(**{**self.__dict__, **changes})
 
 
@@ -131,16 +160,17 @@ def workload_draws(draws: PosteriorDraws, workload: str, rng: np.random.Generato
     return draws.workload_sd * rng.standard_normal(draws.n_draws)
 
 
-def log_mean_draws(
+def mean_draws(
     draws: PosteriorDraws,
-    bases: np.ndarray,
+    bases: tuple[np.ndarray, ...],
     model: np.ndarray,
     architecture: np.ndarray,
     workload: np.ndarray,
     rng: np.random.Generator,
-) -> np.ndarray:
-    """log of the noise-free step time, (draw, row), for rows of any mix of groups."""
-    out = np.empty((draws.n_draws, bases.shape[0]))
+) -> list[np.ndarray]:
+    """Noise-free step time (µs), (draw, row), of each basis matrix in ``bases`` (all
+    rows aligned) — one coefficient draw per group shared by all of them."""
+    out = [np.empty((draws.n_draws, bases[0].shape[0])) for _ in bases]
     model = np.asarray(model, dtype=str)
     workload = np.asarray(workload, dtype=str)
     for m in np.unique(model):
@@ -149,8 +179,9 @@ def log_mean_draws(
         beta = np.exp(coefficient_draws(draws, m, arch, rng))
         for w in np.unique(workload[in_model]):
             rows = in_model & (workload == w)
-            effect = workload_draws(draws, w, rng)[:, None]
-            out[:, rows] = np.log(beta @ bases[rows].T) + effect
+            effect = np.exp(workload_draws(draws, w, rng))[:, None]
+            for target, matrix in zip(out, bases, strict=True):
+                target[:, rows] = (beta @ matrix[rows].T) * effect
     return out
 
 
@@ -163,12 +194,29 @@ def predictive_draws(
     gap_steps: np.ndarray,
     rng: np.random.Generator,
     running_reqs: np.ndarray | None = None,
+    gap_composition: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Posterior predictive step times (µs), (draw, row): parameter and noise uncertainty.
 
+    A row that averages ``gap_steps`` steps draws how many of its untraced steps carry a
+    prefill chunk, Binomial(gap − 1, share), from ``gap_composition`` = (prefill share,
+    prefill bases, decode bases); without it the untraced steps are copies of the row's
+    own. With a stall component one of a gap's steps stalls with prob. 1 − (1 − rate)^gap.
     ``running_reqs`` is needed only by fits with a scheduler regime.
     """
-    log_mean = log_mean_draws(draws, bases, model, architecture, workload, rng)
+    gap_steps = np.asarray(gap_steps, dtype=float)
+    untraced = gap_steps - 1.0
+    if gap_composition is None:
+        (own,) = mean_draws(draws, (bases,), model, architecture, workload, rng)
+        mean = own
+    else:
+        share, prefill_bases, decode_bases = gap_composition
+        own, prefill, decode = mean_draws(
+            draws, (bases, prefill_bases, decode_bases), model, architecture, workload, rng
+        )
+        k = rng.binomial(untraced.astype(int), share, size=own.shape)
+        mean = (own + k * prefill + (untraced - k) * decode) / gap_steps
+    log_mean = np.log(mean)
     sigma = np.empty_like(log_mean)
     model = np.asarray(model, dtype=str)
     for m in np.unique(model):
@@ -190,6 +238,13 @@ def predictive_draws(
             slow = rng.random(p_slow.shape) < p_slow
             log_mean[:, rows] += np.where(slow, jump[:, None], 0.0)
             sigma[:, rows] = np.where(slow, slow_sigma[:, None], sigma[:, rows])
+    if draws.stall is not None:
+        stalled = rng.random(log_mean.shape) < 1.0 - (1.0 - draws.stall.rate[:, None]) ** gap_steps
+        jump = np.exp(
+            draws.stall.log_jump[:, None]
+            + draws.stall.spread[:, None] * rng.standard_normal(log_mean.shape)
+        )
+        log_mean += np.where(stalled, np.log1p((jump - 1.0) / gap_steps), 0.0)
     t = rng.standard_t(draws.nu[:, None], size=log_mean.shape)
     return np.exp(log_mean + sigma * t)
 
@@ -205,6 +260,7 @@ def design_predictive(draws: PosteriorDraws, design, rng: np.random.Generator) -
         design.gap_steps,
         rng,
         running_reqs=design.running_reqs,
+        gap_composition=(design.prefill_share, design.prefill_bases, design.decode_bases),
     )
 
 

@@ -56,6 +56,7 @@ from data_prep.specs import (
 from inference.export import load_artifact, posterior_draws, validate_artifact
 from inference.predictive import (
     PosteriorDraws,
+    StallDraws,
     coefficient_draws,
     design_predictive,
     mape_optimal_point,
@@ -250,6 +251,8 @@ class Context:
     hardware: HardwareSpec
     basis_names: tuple[str, ...]
     regime: RegimeContext | None = None  # the scheduler's slow regime, when the fit has one
+    stall: StallDraws | None = None  # rare stalls (cycle fits); eps already includes them
+    stall_central: StallDraws | None = None  # the same at the central parameters
 
     def bases(self, x: BatchFeatures) -> np.ndarray:
         """(steps, basis) basis matrix by the reference numpy functions."""
@@ -415,6 +418,12 @@ class StepTimeSampler:
                 slow_sigma_central=float(np.median(slow_sigma)),
                 p_max_central=float(np.median(draws.regime.p_max)),
             )
+        eps = np.exp(sigma[None, :] * t)
+        if draws.stall is not None:
+            stall_multiplier = draws.stall.multipliers(rng, t.shape)
+            eps *= stall_multiplier
+            if regime is not None:
+                regime.eps_slow *= stall_multiplier
         context = Context(
             model=spec.name,
             spec=spec,
@@ -426,7 +435,7 @@ class StepTimeSampler:
             beta=beta,
             sigma=sigma,
             nu=draws.nu.copy(),
-            eps=np.exp(sigma[None, :] * t),
+            eps=eps,
             beta_central=np.exp(log_total.mean(axis=0)),
             sigma_central=float(np.median(sigma)),
             nu_central=float(np.median(draws.nu)),
@@ -435,6 +444,12 @@ class StepTimeSampler:
             hardware=self.hardware,
             basis_names=self.basis_names,
             regime=regime,
+            stall=draws.stall,
+            stall_central=None
+            if draws.stall is None
+            else StallDraws(
+                *(np.array([np.median(getattr(draws.stall, n))]) for n in StallDraws.PER_DRAW)
+            ),
         )
         context.fast_bases = self._checked_fast_bases(context)
         if regime is not None:
@@ -663,6 +678,15 @@ class StepTimeSampler:
             if regime is not None:
                 threshold, jump = regime.threshold_central, regime.jump_central
                 slow_sigma, p_max = regime.slow_sigma_central, regime.p_max_central
+        stall = ctx.stall if parameter_uncertainty else ctx.stall_central
+        if stall is not None:
+            stall = stall.take(index) if parameter_uncertainty else stall
+            if step_noise:
+                mean *= StallDraws(
+                    *(getattr(stall, n)[:, None] for n in StallDraws.PER_DRAW)
+                ).multipliers(rng, mean.shape)
+            else:
+                mean *= stall.mean_multiplier()[:, None]
         if regime is None:
             if step_noise:
                 mean *= np.exp(sigma * rng.standard_t(np.broadcast_to(nu, mean.shape)))
@@ -729,18 +753,19 @@ class StepTimeSampler:
 class RunSampler:
     """Step times of one simulated run (one posterior draw; optional per-step noise).
 
-    Per-step noise for simulation is made *mean-preserving*: a cycle observation is the
-    mean over a gap of steps, so exp(μ) estimates the mean step time, and a run's total
-    time must not be inflated by the noise. The run draws a pool of 2^16 Student-t(ν_d)
-    values, clips |t| at its 99th percentile (ν near 1 would otherwise give steps of
-    astronomical length), and divides exp(σ_d t) by the pool mean; steps then draw
-    from the pool at random.
+    Per-step noise: the run draws a pool of 2^16 Student-t(ν_d) values, clips |t| at its
+    99th percentile (ν near 2 would otherwise give steps of astronomical length), divides
+    exp(σ_d t) by the pool mean (so the jitter alone does not inflate a run's time), and
+    — for a fit with stalls — multiplies each pool entry by a stall multiplier J with
+    probability rate_d; steps then draw from the pool at random. Stalls are what a
+    run's mean time is most sensitive to: 0.1% of steps 5–30× longer is ~4% of the time,
+    and every in-flight request waits through each one.
 
     With a scheduler ``regime`` a step is slow with probability
     p_max · sigmoid((running_reqs − threshold) / width) (the run's draw of each); a slow
     step takes exp(jump) times a second pool, exp(slow_sigma t) divided by its mean. So
-    the expected step time is mean · (1 + P(slow)·(exp(jump) − 1)), which is what a step
-    takes with ``step_noise`` off.
+    the expected step time is mean · (1 + P(slow)·(exp(jump) − 1)) · (1 + rate·(E[J] − 1)),
+    which is what a step takes with ``step_noise`` off.
     """
 
     def __init__(
@@ -773,15 +798,20 @@ class RunSampler:
             self.width = float(regime.width)
         self._beta_list = self.beta.tolist()
         self.step_noise = step_noise
+        stall = context.stall_central
+        if context.stall is not None and parameter_uncertainty:
+            stall = context.stall.take(np.array([self.draw]))
+        self.stall_factor = 1.0 if stall is None else float(stall.mean_multiplier()[0])
         if step_noise:
             t = rng.standard_t(nu, size=RUN_NOISE_POOL)
             bound = np.quantile(np.abs(t), RUN_NOISE_WINSOR)
             t = np.clip(t, -bound, bound)
+            stalls = 1.0 if stall is None else stall.multipliers(rng, (RUN_NOISE_POOL, 1))[:, 0]
             pool = np.exp(sigma * t)
-            self._pool = (pool / pool.mean()).tolist()
+            self._pool = (pool / pool.mean() * stalls).tolist()
             if self.has_regime:
                 slow = np.exp(self.slow_sigma * t)
-                self._slow_pool = (slow * (math.exp(self.jump) / slow.mean())).tolist()
+                self._slow_pool = (slow * (math.exp(self.jump) / slow.mean()) * stalls).tolist()
         self._picks: list[int] = []
         self._uniforms: list[float] = []
 
@@ -816,10 +846,10 @@ class RunSampler:
         else:
             mean = float(ctx.step_bases(f) @ self.beta)
         if not self.has_regime:
-            return mean * self._noise() if self.step_noise else mean
+            return mean * self._noise() if self.step_noise else mean * self.stall_factor
         p_slow = self.p_slow(f[5])
         if not self.step_noise:
-            return mean * (1.0 + p_slow * math.expm1(self.jump))
+            return mean * (1.0 + p_slow * math.expm1(self.jump)) * self.stall_factor
         pool = self._slow_pool if self._uniform() < p_slow else self._pool
         return mean * pool[self._pick()]
 

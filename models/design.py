@@ -1,9 +1,10 @@
 """Step dataset → design matrix of basis values, group indices and observation weights.
 
 A ``cycle`` observation is the mean step time over ``cycle_gap_steps`` steps starting at
-the sampled one. Its expected value is the mean of the per-step bases over that gap:
-the sampled step exactly, the untraced ones at the run's local level. ``schedule``
-observations are single steps.
+the sampled one; only the first of them was traced. The design carries what the
+likelihood needs to marginalise over the untraced rest: the traced step's own bases, a
+typical prefill step and a typical decode-only step of the neighbourhood, and the
+local share of steps with a prefill chunk. ``schedule`` observations are single steps.
 """
 
 from __future__ import annotations
@@ -17,12 +18,15 @@ from data_prep.schema import CYCLE_GAP, TARGETS
 from data_prep.specs import HardwareSpec, ModelSpec
 from models.basis import BatchFeatures, evaluate_bases
 
+NEIGHBOUR_WINDOW = 5  # sampled steps on each side that describe a gap's untraced steps
+SHARE_PRIOR_STEPS = 2.0  # pseudo-steps of the run-level prefill share in the local share
+
 
 @dataclass(frozen=True)
 class Design:
     """Everything the likelihood needs about a set of rows, positionally aligned."""
 
-    bases: np.ndarray  # (rows, bases) in µs at nominal efficiency
+    bases: np.ndarray  # (rows, bases) of the observed step, µs at nominal efficiency
     basis_names: tuple[str, ...]
     model: np.ndarray  # model name per row
     architecture: np.ndarray  # "dense" | "moe" per row
@@ -30,9 +34,16 @@ class Design:
     gap_steps: np.ndarray  # steps each observation averages over (1 for single steps)
     running_reqs: np.ndarray  # running-queue depth, which drives the scheduler's regime
     y: np.ndarray | None  # observed target (µs) or None
+    prefill_share: np.ndarray  # P(an untraced step of the gap carries a prefill chunk)
+    prefill_bases: np.ndarray  # (rows, bases) typical untraced prefill step
+    decode_bases: np.ndarray  # (rows, bases) typical untraced decode-only step
 
     def __len__(self) -> int:
         return self.bases.shape[0]
+
+    @property
+    def untraced_steps(self) -> np.ndarray:
+        return self.gap_steps - 1.0
 
 
 def step_bases(
@@ -51,28 +62,51 @@ def step_bases(
     return out
 
 
-def gap_averaged(bases: np.ndarray, steps: pd.DataFrame, window: int = 3) -> np.ndarray:
-    """Expected mean bases over each row's cycle gap.
+def gap_templates(
+    bases: np.ndarray, steps: pd.DataFrame, window: int = NEIGHBOUR_WINDOW
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(prefill share, prefill template, decode template) for each row's untraced steps.
 
-    The sampled step counts exactly; the gap's other steps were not traced, so they
-    take the local level of the run: the mean bases of up to ``window`` sampled
-    neighbours on each side. A local mean, not an interpolation, because prefill
-    tokens arrive in bursts that a straight line between two samples would smear.
+    Steps are sampled independently, so the untraced steps of a gap look like the
+    sampled steps around it: of ``window`` sampled neighbours on each side (same run,
+    the row itself excluded), the share with a prefill chunk — shrunk towards the run's
+    share by a couple of pseudo-steps — and the mean bases of those with and without
+    one. A neighbourhood without one kind falls back to the run's mean of that kind.
+    Two templates, not one averaged step: a gap holds a whole prefill chunk or none,
+    and averaging smears it into every gap, which biases prefill coefficients low.
     """
-    gap = np.maximum(steps[CYCLE_GAP].to_numpy(dtype=float, na_value=1.0), 1.0)
-    order = np.lexsort((steps["step.id"].to_numpy(dtype=float), steps["experiment_id"].to_numpy()))
-    ordered = pd.DataFrame(bases[order])
-    runs = steps["experiment_id"].to_numpy()[order]
-    rolling = ordered.groupby(runs).rolling(2 * window + 1, center=True, min_periods=1)
-    sums = rolling.sum().reset_index(level=0, drop=True).sort_index().to_numpy()
-    counts = rolling.count().reset_index(level=0, drop=True).sort_index().to_numpy()
-    neighbours = np.where(
-        counts > 1, (sums - bases[order]) / np.maximum(counts - 1, 1), bases[order]
+    n, k = bases.shape
+    prefill_column = BatchFeatures.COLUMNS["prefill_tokens"]
+    is_prefill = steps[prefill_column].to_numpy(dtype=float, na_value=0.0) > 0
+    runs = steps["experiment_id"].to_numpy()
+    order = np.lexsort((steps["step.id"].to_numpy(dtype=float), runs))
+    kind = np.column_stack([is_prefill, ~is_prefill]).astype(float)[order]
+    b = bases[order]
+    values = np.column_stack([b * kind[:, :1], b * kind[:, 1:], kind])
+    frame = pd.DataFrame(values)
+    ordered_runs = runs[order]
+    rolling = frame.groupby(ordered_runs).rolling(2 * window + 1, center=True, min_periods=1)
+    sums = rolling.sum().reset_index(level=0, drop=True).sort_index().to_numpy() - values
+    run_sums = frame.groupby(ordered_runs).transform("sum").to_numpy()
+    pre_sum, dec_sum = sums[:, :k], sums[:, k : 2 * k]
+    n_pre, n_dec = sums[:, 2 * k], sums[:, 2 * k + 1]
+    run_pre, run_dec = run_sums[:, :k], run_sums[:, k : 2 * k]
+    run_n_pre, run_n_dec = run_sums[:, 2 * k], run_sums[:, 2 * k + 1]
+    run_share = run_n_pre / np.maximum(run_n_pre + run_n_dec, 1.0)
+    share = (n_pre + SHARE_PRIOR_STEPS * run_share) / (n_pre + n_dec + SHARE_PRIOR_STEPS)
+    run_pre_mean = np.where(
+        run_n_pre[:, None] > 0, run_pre / np.maximum(run_n_pre, 1.0)[:, None], np.nan
     )
-    local = np.empty_like(bases)
-    local[order] = neighbours
-    g = gap[:, None]
-    return (bases + (g - 1.0) * local) / g
+    run_dec_mean = np.where(
+        run_n_dec[:, None] > 0, run_dec / np.maximum(run_n_dec, 1.0)[:, None], np.nan
+    )
+    run_pre_mean = np.where(np.isnan(run_pre_mean), run_dec_mean, run_pre_mean)
+    run_dec_mean = np.where(np.isnan(run_dec_mean), run_pre_mean, run_dec_mean)
+    prefill = np.where(n_pre[:, None] > 0, pre_sum / np.maximum(n_pre, 1.0)[:, None], run_pre_mean)
+    decode = np.where(n_dec[:, None] > 0, dec_sum / np.maximum(n_dec, 1.0)[:, None], run_dec_mean)
+    out_share, out_pre, out_dec = np.empty(n), np.empty_like(bases), np.empty_like(bases)
+    out_share[order], out_pre[order], out_dec[order] = share, prefill, decode
+    return out_share, out_pre, out_dec
 
 
 def build_design(
@@ -87,10 +121,11 @@ def build_design(
     bases = step_bases(steps, basis_names, specs, hardware)
     y_column = TARGETS[target]
     if target == "cycle":
-        bases = gap_averaged(bases, steps)
         gap = steps[CYCLE_GAP].to_numpy(dtype=float, na_value=1.0)
+        share, prefill, decode = gap_templates(bases, steps)
     else:
         gap = np.ones(len(steps))
+        share, prefill, decode = np.zeros(len(steps)), bases, bases
     if rows is None:
         rows = np.ones(len(steps), dtype=bool)
     y = steps[y_column].to_numpy(dtype=float, na_value=np.nan) if y_column in steps else None
@@ -106,4 +141,7 @@ def build_design(
         gap_steps=np.maximum(gap[rows], 1.0),
         running_reqs=steps[BatchFeatures.COLUMNS["running_reqs"]].to_numpy(dtype=float)[rows],
         y=None if y is None else y[rows],
+        prefill_share=share[rows],
+        prefill_bases=prefill[rows],
+        decode_bases=decode[rows],
     )

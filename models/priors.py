@@ -51,10 +51,28 @@ class RegimePrior:
 
 
 @dataclass(frozen=True)
+class StallPrior:
+    """Rare engine stalls (allocator, NCCL or host hiccups) that make one step several
+    times longer. A tenth of a percent of steps, yet a few percent of a run's time: every
+    in-flight request waits. Shared by all models (too rare to learn per model).
+
+    P(a step stalls) = rate ~ Beta(rate_alpha, rate_beta); a stalled step takes
+    J times longer, log J ~ Normal(log_jump, spread) across stalls.
+    """
+
+    rate_alpha: float = 1.0
+    rate_beta: float = 199.0  # prior mean 0.5% of steps
+    jump_median: float = 8.0  # prior median of the typical stalled / normal step time
+    jump_log_sd: float = 0.7  # prior sd of log_jump
+    spread_sd: float = 0.5  # HalfNormal scale of the spread of log J across stalls
+
+
+@dataclass(frozen=True)
 class PriorConfig:
     coefficients: dict[str, CoefficientPrior] = field(default_factory=dict)
     noise: NoisePrior = NoisePrior()
     regime: RegimePrior | None = None
+    stall: StallPrior | None = None
 
     def for_bases(self, names: tuple[str, ...] | list[str]) -> list[CoefficientPrior]:
         missing = [n for n in names if n not in self.coefficients]
@@ -72,11 +90,12 @@ class PriorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PriorConfig:
-        regime = data.get("regime")
+        regime, stall = data.get("regime"), data.get("stall")
         return cls(
             coefficients={k: CoefficientPrior(**v) for k, v in data["coefficients"].items()},
             noise=NoisePrior(**data["noise"]),
             regime=None if regime is None else RegimePrior(**regime),
+            stall=None if stall is None else StallPrior(**stall),
         )
 
 
@@ -105,6 +124,6 @@ DEFAULT_COEFFICIENT_PRIORS: dict[str, CoefficientPrior] = {
 }
 
 DEFAULT_PRIORS: dict[str, PriorConfig] = {
-    "cycle": PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS),
+    "cycle": PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS, stall=StallPrior()),
     "schedule": PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS, regime=RegimePrior()),
 }

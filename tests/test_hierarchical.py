@@ -27,7 +27,7 @@ def cycle_design(tiny_steps):
     return model, design, GroupCoords.from_design(design)
 
 
-def test_log_likelihood_matches_student_t_by_hand(cycle_design):
+def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design):
     estimator, design, coords = cycle_design
     pm_model = build_model(design, estimator.priors, coords)
     point = pm_model.initial_point()
@@ -45,10 +45,41 @@ def test_log_likelihood_matches_student_t_by_hand(cycle_design):
     floor = np.exp(point["sigma_floor_log__"])
     step = np.exp(point["sigma_step_log__"])
     model_idx, workload_idx = coords.indices(design)
-    mean = np.sum(np.exp(log_beta)[model_idx] * design.bases, axis=1)
-    mu = np.log(mean) + workload_effect[workload_idx]
-    sigma = np.sqrt(floor[model_idx] ** 2 + step[model_idx] ** 2 / design.gap_steps)
-    expected = stats.t.logpdf(np.log(design.y), df=nu, loc=mu, scale=sigma).sum()
+    beta = np.exp(log_beta)[model_idx]
+    own, prefill, decode = (
+        np.sum(beta * b, axis=1) for b in (design.bases, design.prefill_bases, design.decode_bases)
+    )
+    g, p = design.gap_steps, design.prefill_share
+    m = g - 1
+    sigma = np.sqrt(floor[model_idx] ** 2 + step[model_idx] ** 2 / g)
+    effect = workload_effect[workload_idx]
+    log_y = np.log(design.y)
+
+    def component(k):  # k of the m untraced steps carry a prefill chunk
+        mean = (own + k * prefill + (m - k) * decode) / g
+        return stats.t.logpdf(log_y, df=nu, loc=np.log(mean) + effect, scale=sigma)
+
+    # k = 0, 1 exactly; "2 or more" at the binomial's conditional mean count
+    w0, w1 = stats.binom.pmf(0, m, p), stats.binom.pmf(1, m, p)
+    w2 = np.clip(1 - w0 - w1, 0, 1)
+    k2 = np.where(w2 > 1e-12, (m * p - w1) / np.maximum(w2, 1e-300), 2)
+    k2 = np.clip(k2, np.minimum(2, m), m)
+    rate = 1 / (1 + np.exp(-point["stall_rate_logodds__"]))
+    jump = np.exp(point["stall_log_jump"])
+    spread = np.exp(point["stall_spread_log__"])
+    q = 1 - (1 - rate) ** g
+    average = (own + m * p * prefill + m * (1 - p) * decode) / g
+    stall = stats.t.logpdf(
+        log_y,
+        df=nu,
+        loc=np.log(average) + effect + np.log1p((jump - 1) / g),
+        scale=np.sqrt(sigma**2 + (spread * jump / (g + jump - 1)) ** 2),
+    )
+    terms = [
+        np.log((1 - q) * np.maximum(w, 1e-300)) + component(np.minimum(k, m))
+        for w, k in ((w0, 0.0), (w1, 1.0), (w2, k2))
+    ]
+    expected = np.logaddexp.reduce([*terms, np.log(q) + stall], axis=0).sum()
     assert logp == pytest.approx(expected, rel=1e-9)
 
 
