@@ -154,6 +154,12 @@ def register_handoff(subparsers: argparse._SubParsersAction) -> None:
     )
     replay.add_argument("--seed", type=int, default=0)
     replay.add_argument(
+        "--runs",
+        type=int,
+        default=1,
+        help="replay seeds seed … seed+runs−1 (one posterior draw each) and pool their requests",
+    )
+    replay.add_argument(
         "--no-parameter-uncertainty",
         action="store_true",
         help="use the central parameters instead of one posterior draw for the run",
@@ -309,6 +315,7 @@ def run_replay(args: argparse.Namespace) -> int:
                 parameter_uncertainty=not args.no_parameter_uncertainty,
                 step_noise=not args.no_step_noise,
                 real_experiments=args.real_experiments,
+                runs=args.runs,
             )
             for model in models
         ]

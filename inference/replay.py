@@ -3,9 +3,12 @@
 The twin (:func:`data_prep.synth.twin.simulate`) runs twice with the same seed — the same
 arrivals and prompts: once with its own latency oracle (the ground truth) and once with
 ``step_time_fn`` = one :class:`~inference.sampler.RunSampler` (one posterior draw for the
-run, per-step noise on top). Request latencies (TTFT, ITL, E2E) of both are summarised
-side by side; for the seed models the real client medians of
-``../shared/data/real/experiments.csv`` are added when that file is present.
+run, per-step noise on top). With ``runs`` > 1 that is repeated for seeds seed, seed + 1,
+… and the requests of all runs are pooled: a run's mean E2E moves by several percent
+with its one or two stalls (every in-flight request waits through each), on both sides.
+Request latencies (TTFT, ITL, E2E) of both are summarised side by side; for the seed
+models the real client medians of ``../shared/data/real/experiments.csv`` are added when
+that file is present.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from data_prep.specs import canonical_model_name
 from inference.sampler import StepTimeSampler
@@ -44,7 +48,7 @@ class ReplayResult:
     replay: dict[str, dict[str, float]]
     n_requests: dict[str, int]  # finished requests in truth / replay
     n_steps: dict[str, int]
-    draw: int  # posterior draw of the run (-1: central parameters)
+    draws: list[int]  # posterior draw of each run (-1: central parameters)
     real: dict[str, float] = field(default_factory=dict)  # metric -> real client median
     seconds: float = 0.0
 
@@ -64,7 +68,7 @@ class ReplayResult:
             "ratio": {m: {s: self.ratio(m, s) for s in STATS} for m in METRICS},
             "n_requests": self.n_requests,
             "n_steps": self.n_steps,
-            "draw": self.draw,
+            "draws": self.draws,
             "real_client_median": self.real,
             "seconds": round(self.seconds, 2),
         }
@@ -124,6 +128,7 @@ def replay(
     parameter_uncertainty: bool = True,
     step_noise: bool = True,
     real_experiments: str | Path | None = None,
+    runs: int = 1,
 ) -> ReplayResult:
     """Twin ground truth versus the twin driven by the sampler, for one deployment.
 
@@ -143,39 +148,55 @@ def replay(
     config = config or DEFAULT_CONFIG
     profile = WORKLOADS[workload].scaled(time_scale)
     started = time.perf_counter()
-    truth = simulate(model, tp, profile, config, seed=seed)
-    rng = np.random.default_rng([seed, 7])
-    run = sampler.run_draw(
-        rng,
-        model=model,
-        tp=tp,
-        workload=workload,
-        parameter_uncertainty=parameter_uncertainty,
-        step_noise=step_noise,
-    )
-    predicted = simulate(model, tp, profile, config, seed=seed, step_time_fn=run.step_time_fn)
-    count = lambda r: int((r.requests["status"] == "finished").sum())  # noqa: E731
+    truths, predictions, draws = [], [], []
+    for run_seed in range(seed, seed + runs):
+        truths.append(simulate(model, tp, profile, config, seed=run_seed))
+        run = sampler.run_draw(
+            np.random.default_rng([run_seed, 7]),
+            model=model,
+            tp=tp,
+            workload=workload,
+            parameter_uncertainty=parameter_uncertainty,
+            step_noise=step_noise,
+        )
+        predictions.append(
+            simulate(model, tp, profile, config, seed=run_seed, step_time_fn=run.step_time_fn)
+        )
+        draws.append(run.draw)
+    truth_requests = pd.concat([r.requests for r in truths], ignore_index=True)
+    replay_requests = pd.concat([r.requests for r in predictions], ignore_index=True)
+    count = lambda r: int((r["status"] == "finished").sum())  # noqa: E731
     return ReplayResult(
         model=canonical_model_name(model),
         tp=int(tp),
         workload=workload,
         time_scale=float(time_scale),
         seed=int(seed),
-        truth=latency_stats(truth.requests),
-        replay=latency_stats(predicted.requests),
-        n_requests={"truth": count(truth), "replay": count(predicted)},
-        n_steps={"truth": len(truth.steps), "replay": len(predicted.steps)},
-        draw=run.draw,
+        truth=latency_stats(truth_requests),
+        replay=latency_stats(replay_requests),
+        n_requests={"truth": count(truth_requests), "replay": count(replay_requests)},
+        n_steps={
+            "truth": sum(len(r.steps) for r in truths),
+            "replay": sum(len(r.steps) for r in predictions),
+        },
+        draws=draws,
         real=real_client_medians(model, workload, real_experiments),
         seconds=time.perf_counter() - started,
     )
+
+
+def _runs_label(result: ReplayResult) -> str:
+    if len(result.draws) == 1:
+        return f"seed {result.seed}, posterior draw {result.draws[0]}"
+    last = result.seed + len(result.draws) - 1
+    return f"{len(result.draws)} runs pooled, seeds {result.seed}–{last}"
 
 
 def format_replay(result: ReplayResult) -> str:
     """A table of truth, replay and their ratio per metric."""
     lines = [
         f"{result.model} tp{result.tp} {result.workload} (time scale {result.time_scale:g}, "
-        f"seed {result.seed}, posterior draw {result.draw}): "
+        f"{_runs_label(result)}): "
         f"{result.n_requests['truth']} / {result.n_requests['replay']} finished requests, "
         f"{result.n_steps['truth']} / {result.n_steps['replay']} steps (truth / replay)",
         f"  {'metric':<8}{'stat':<6}{'twin truth':>12}{'replay':>12}{'ratio':>8}",

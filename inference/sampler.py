@@ -139,7 +139,8 @@ def _fast_basis_factories(spec: ModelSpec, hw: HardwareSpec, tp: int) -> dict[st
 
     def linear_compute(f):
         compute = (lin_tok * (f[2] + f[3]) + lin_row * (f[0] + f[1])) / tp / flops_us
-        return max(0.0, compute - weights(f))
+        w = weights(f)
+        return math.hypot(w, compute) - w
 
     attn = 4.0 * spec.num_heads * spec.head_dim * spec.num_layers / tp / flops_us
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from data_prep.specs import KV_BLOCK_TOKENS, HardwareSpec, ModelSpec
 
-BASIS_SET_VERSION = "1"
+BASIS_SET_VERSION = "2"  # 2: smooth roofline knee in linear_compute
 
 # Nominal overheads (µs) that define the unit of the fixed-cost bases.
 NOMINAL_RING_HOP_LATENCY_US = 3.0
@@ -135,17 +135,22 @@ def weight_streaming_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp:
 
 
 def linear_compute_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
-    """GEMM time the weight stream cannot hide: max(0, FLOPs/peak − weight bytes/bandwidth).
+    """GEMM time the weight stream cannot hide, with a smooth roofline knee:
+    √(W² + C²) − W for weight-stream time W and FLOP time C, both at peak rates.
 
     FLOPs are 2·T·(active params per token)/TP plus the LM head for each logit row. With
-    ``weights`` this makes a roofline, max(memory, compute), with its knee at nominal
-    rates: decode batches are memory-bound and add nothing here, prefill chunks do.
+    ``static_step`` (which carries W) this makes the roofline max(memory, compute), but
+    smooth: near the knee loads and math overlap imperfectly, so a decode batch of a
+    few hundred tokens already pays for compute (a hard max says it is free, and the fit
+    then pushes that cost into any other basis linear in tokens). A 2k-token prefill
+    chunk is far past the knee and pays ≈ C − W.
     """
     per_layer = spec.attention_params_per_layer + spec.experts_per_token * spec.expert_params
     flops = 2.0 * x.scheduled_tokens * spec.num_layers * per_layer
     flops = flops + 2.0 * x.logit_rows * spec.vocab_size * spec.hidden_size
     compute = flops / tp / hw.flops_per_us
-    return np.maximum(0.0, compute - weight_streaming_us(x, spec, hw, tp))
+    weights = weight_streaming_us(x, spec, hw, tp)
+    return np.hypot(weights, compute) - weights
 
 
 def prefill_attention_us(

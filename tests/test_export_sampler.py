@@ -243,6 +243,24 @@ def test_run_noise_preserves_the_mean(sampler):
     assert np.mean(times) == pytest.approx(quiet(BATCH), rel=0.01)
 
 
+def test_stalls_are_drawn_at_their_rate_and_priced_into_the_mean(sampler):
+    kwargs = {"model": "llama-2-70b", "tp": 4, "workload": "general"}
+    ctx = sampler.context(**kwargs)
+    assert ctx.stall is not None  # a cycle fit carries the stall component
+    rate = float(ctx.stall_central.rate[0])
+    jump = float(np.exp(ctx.stall_central.log_jump[0]))
+    base = float(ctx.step_bases(scalar_features(BATCH)) @ ctx.beta_central)
+    quiet = sampler.run_draw(
+        np.random.default_rng(0), parameter_uncertainty=False, step_noise=False, **kwargs
+    )
+    expected_jump = np.exp(np.log(jump) + 0.5 * float(ctx.stall_central.spread[0]) ** 2)
+    assert quiet(BATCH) == pytest.approx(base * (1 + rate * (expected_jump - 1)), rel=1e-9)
+    run = sampler.run_draw(np.random.default_rng(0), parameter_uncertainty=False, **kwargs)
+    times = np.array([run(BATCH) for _ in range(60_000)])
+    stalled = np.mean(times > base * np.sqrt(jump))
+    assert 0.6 * rate < stalled < 1.4 * rate + 0.001
+
+
 def test_predict_cli_json(tiny_fit):
     out = subprocess.run(
         [

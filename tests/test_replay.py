@@ -12,7 +12,7 @@ import pytest
 
 from data_prep.specs import get_model_spec, load_hardware
 from inference.export import ARTIFACT_FORMAT, ARTIFACT_VERSION, basis_constants, validate_artifact
-from inference.replay import latency_stats, real_client_medians, replay
+from inference.replay import format_replay, latency_stats, real_client_medians, replay
 from inference.sampler import StepTimeSampler
 from models.basis import BASIS_SET_VERSION, DEFAULT_BASIS_SETS
 from models.priors import DEFAULT_PRIORS
@@ -80,7 +80,7 @@ def test_replay_runs_and_compares_with_truth(sampler):
         assert side["e2e_ms"]["p90"] >= side["e2e_ms"]["p50"] > side["ttft_ms"]["p50"] > 0
     # the prior's step times are physical: within a factor 2 of the twin's truth
     assert 0.5 < result.ratio("e2e_ms", "mean") < 2.0
-    assert 0 <= result.draw < 50
+    assert len(result.draws) == 1 and 0 <= result.draws[0] < 50
     record = result.to_dict()
     assert record["ratio"]["e2e_ms"]["mean"] == pytest.approx(result.ratio())
 
@@ -89,11 +89,23 @@ def test_replay_without_uncertainty_is_deterministic(sampler):
     kwargs = {"seed": 2, "time_scale": 1 / 200, "parameter_uncertainty": False, "step_noise": False}
     first = replay(sampler, "codellama-34b", 2, "general", **kwargs)
     second = replay(sampler, "codellama-34b", 2, "general", **kwargs)
-    assert first.draw == -1
+    assert first.draws == [-1]
     assert first.replay == second.replay
     noisy = replay(sampler, "codellama-34b", 2, "general", seed=2, time_scale=1 / 200)
     assert noisy.replay != first.replay
     assert noisy.truth == first.truth  # same seed: same arrivals and oracle
+
+
+def test_replay_pools_several_seeded_runs(sampler):
+    kwargs = {"time_scale": 1 / 200}
+    pooled = replay(sampler, "llama-2-70b", 4, "general", seed=3, runs=2, **kwargs)
+    single = [replay(sampler, "llama-2-70b", 4, "general", seed=s, **kwargs) for s in (3, 4)]
+    assert pooled.draws == [r.draws[0] for r in single]
+    for side in ("truth", "replay"):
+        assert pooled.n_requests[side] == sum(r.n_requests[side] for r in single)
+    means = [r.truth["e2e_ms"]["mean"] for r in single]
+    assert min(means) <= pooled.truth["e2e_ms"]["mean"] <= max(means)
+    assert "2 runs pooled" in format_replay(pooled)
 
 
 def test_replay_refuses_unknown_workload(sampler):
