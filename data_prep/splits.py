@@ -120,3 +120,14 @@ def select_rows(steps: pd.DataFrame, splits: dict, name: str, part: str) -> pd.S
         raise KeyError(f"split {name!r} has parts 'train' and 'test', not {part!r}")
     test = steps[folds[held_out]["column"]].astype(str) == held_out
     return (test if part == "test" else ~test).rename(f"{name}:{part}")
+
+
+def subsample_rows(rows: np.ndarray, max_rows: int | None, seed: int) -> np.ndarray:
+    """At most ``max_rows`` of the True rows of a mask, chosen with ``seed`` (a new mask)."""
+    rows = np.asarray(rows, dtype=bool)
+    if not max_rows or rows.sum() <= max_rows:
+        return rows.copy()
+    chosen = np.random.default_rng(seed).choice(np.flatnonzero(rows), size=max_rows, replace=False)
+    out = np.zeros(rows.shape, dtype=bool)
+    out[chosen] = True
+    return out

@@ -14,8 +14,9 @@ DEFAULT_VAR_NAMES = (
     "sigma_floor",
     "sigma_step",
     "nu",
+    "stall_rate",
+    "stall_log_jump",
 )
-SAMPLED_PREFIXES = ("u_", "a_", "z_", "v_", "sigma_", "nu")
 
 RHAT_OK = 1.01
 ESS_OK = 400

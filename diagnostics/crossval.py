@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 
 from data_prep.schema import TARGETS
+from data_prep.splits import subsample_rows
 from diagnostics.metrics import interval_coverage, mape, median_ape
 
 BY_COLUMNS = {"model": "model", "workload": "workload"}
@@ -60,12 +61,7 @@ def crossval(
         held = (steps[column].astype(str) == group).to_numpy()
         train = has_target & ~held
         test = has_target & held
-        if max_train_rows and train.sum() > max_train_rows:
-            keep = np.random.default_rng(seed).choice(
-                np.flatnonzero(train), size=max_train_rows, replace=False
-            )
-            train = np.zeros(len(steps), dtype=bool)
-            train[keep] = True
+        train = subsample_rows(train, max_train_rows, seed)
         log(
             f"[{i}/{len(groups)}] hold out {by} {group!r}: fit on {int(train.sum())} rows, "
             f"predict {int(test.sum())}"

@@ -47,7 +47,7 @@ def run_fit(args: argparse.Namespace) -> int:
     import numpy as np
 
     from data_prep.dataset import load_steps
-    from data_prep.splits import load_splits, select_rows
+    from data_prep.splits import load_splits, select_rows, subsample_rows
     from diagnostics.convergence import convergence_summary, format_convergence
     from inference.estimator import StepTimeModel
 
@@ -61,12 +61,7 @@ def run_fit(args: argparse.Namespace) -> int:
     except (OSError, ValueError, KeyError) as err:
         print(f"steptime fit: {err}", file=sys.stderr)
         return 2
-    if args.max_rows and rows.sum() > args.max_rows:
-        chosen = np.random.default_rng(args.seed).choice(
-            np.flatnonzero(rows), size=args.max_rows, replace=False
-        )
-        rows = np.zeros(len(steps), dtype=bool)
-        rows[chosen] = True
+    rows = subsample_rows(rows, args.max_rows, args.seed)
     model = StepTimeModel(
         target=args.target,
         hardware=args.hardware,

@@ -137,10 +137,15 @@ def _fast_basis_factories(spec: ModelSpec, hw: HardwareSpec, tp: int) -> dict[st
     lin_tok = 2.0 * spec.num_layers * per_layer
     lin_row = 2.0 * spec.vocab_size * spec.hidden_size
 
+    def linear_flops(f):
+        return (lin_tok * (f[2] + f[3]) + lin_row * (f[0] + f[1])) / tp / flops_us
+
     def linear_compute(f):
-        compute = (lin_tok * (f[2] + f[3]) + lin_row * (f[0] + f[1])) / tp / flops_us
-        w = weights(f)
-        return math.hypot(w, compute) - w
+        return max(0.0, linear_flops(f) - weights(f))
+
+    def roofline_knee(f):
+        w, c = weights(f), linear_flops(f)
+        return math.hypot(w, c) - max(w, c)
 
     attn = 4.0 * spec.num_heads * spec.head_dim * spec.num_layers / tp / flops_us
 
@@ -166,6 +171,7 @@ def _fast_basis_factories(spec: ModelSpec, hw: HardwareSpec, tp: int) -> dict[st
     return {
         "weights": weights,
         "linear_compute": linear_compute,
+        "roofline_knee": roofline_knee,
         "prefill_attention": prefill_attention,
         "kv_read": kv_read,
         "allreduce_bw": allreduce_bw,
@@ -731,9 +737,10 @@ class StepTimeSampler:
     ):
         """What :meth:`StepTimeModel.predict` returns, from the artifact (needs pandas).
 
-        Builds the design with :func:`models.design.build_design` — cycle rows are
-        gap-averaged and carry their gap — and runs the same predictive with the same
-        seed handling, so on the same draws the numbers are the estimator's.
+        Builds the design with :func:`models.design.build_design` — cycle rows carry
+        their gap and the composition of its untraced steps — and runs the same
+        predictive with the same seed handling, so on the same draws the numbers are the
+        estimator's.
         """
         from models.design import build_design
 

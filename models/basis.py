@@ -18,7 +18,7 @@ import numpy as np
 
 from data_prep.specs import KV_BLOCK_TOKENS, HardwareSpec, ModelSpec
 
-BASIS_SET_VERSION = "2"  # 2: smooth roofline knee in linear_compute
+BASIS_SET_VERSION = "2"  # 2: adds roofline_knee
 
 # Nominal overheads (µs) that define the unit of the fixed-cost bases.
 NOMINAL_RING_HOP_LATENCY_US = 3.0
@@ -134,23 +134,38 @@ def weight_streaming_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp:
     return spec.weight_bytes_per_gpu(tp, active_experts=experts) / hw.hbm_bytes_per_us
 
 
-def linear_compute_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
-    """GEMM time the weight stream cannot hide, with a smooth roofline knee:
-    √(W² + C²) − W for weight-stream time W and FLOP time C, both at peak rates.
-
-    FLOPs are 2·T·(active params per token)/TP plus the LM head for each logit row. With
-    ``static_step`` (which carries W) this makes the roofline max(memory, compute), but
-    smooth: near the knee loads and math overlap imperfectly, so a decode batch of a
-    few hundred tokens already pays for compute (a hard max says it is free, and the fit
-    then pushes that cost into any other basis linear in tokens). A 2k-token prefill
-    chunk is far past the knee and pays ≈ C − W.
-    """
+def linear_flops_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Linear-layer FLOPs at peak: 2·T·(active params per token)/TP plus the LM head for
+    each logit row (µs). Not a basis itself; the roofline bases below are built from it."""
     per_layer = spec.attention_params_per_layer + spec.experts_per_token * spec.expert_params
     flops = 2.0 * x.scheduled_tokens * spec.num_layers * per_layer
     flops = flops + 2.0 * x.logit_rows * spec.vocab_size * spec.hidden_size
-    compute = flops / tp / hw.flops_per_us
+    return flops / tp / hw.flops_per_us
+
+
+def linear_compute_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """GEMM time the weight stream cannot hide: max(0, FLOPs/peak − weight bytes/bandwidth).
+
+    With ``static_step`` (which carries the weight stream) this makes a roofline,
+    max(memory, compute), with its knee at nominal rates: decode batches are memory-bound
+    and add nothing here, prefill chunks do.
+    """
+    return np.maximum(0.0, linear_flops_us(x, spec, hw, tp) - weight_streaming_us(x, spec, hw, tp))
+
+
+def roofline_knee_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
+    """Imperfect overlap of weight loads and math near the roofline knee:
+    √(W² + C²) − max(W, C) for weight-stream time W and FLOP time C at peak rates (µs).
+
+    Zero far from the knee, up to 0.41·W at it. Its coefficient sets how soft the knee
+    is — 0 is the hard max(memory, compute), 1 a quadratic soft max — so the data decides:
+    without it a soft knee (a decode batch of a few hundred tokens already paying for
+    compute) is pushed into any other basis linear in tokens (all-reduce traffic came out
+    10× its physics on the synthetic campaign) and mispriced for TP = 1.
+    """
     weights = weight_streaming_us(x, spec, hw, tp)
-    return np.hypot(weights, compute) - weights
+    compute = linear_flops_us(x, spec, hw, tp)
+    return np.hypot(weights, compute) - np.maximum(weights, compute)
 
 
 def prefill_attention_us(
@@ -281,6 +296,7 @@ BasisFunction = Callable[[BatchFeatures, ModelSpec, HardwareSpec, int], np.ndarr
 BASIS_FUNCTIONS: dict[str, BasisFunction] = {
     "weights": weight_streaming_us,
     "linear_compute": linear_compute_us,
+    "roofline_knee": roofline_knee_us,
     "prefill_attention": prefill_attention_us,
     "kv_read": kv_read_us,
     "allreduce_bw": allreduce_bandwidth_us,
@@ -302,6 +318,7 @@ DEFAULT_BASIS_SETS: dict[str, tuple[str, ...]] = {
     "cycle": (
         "static_step",
         "linear_compute",
+        "roofline_knee",
         "prefill_attention",
         "kv_read",
         "allreduce_bw",

@@ -185,7 +185,8 @@ def stall_likelihood_component(stall: StallPrior, gap_steps: np.ndarray, mu, sig
     through the delta method. Weight 1 − (1 − rate)^gap.
     """
     rate = pm.Beta("stall_rate", stall.rate_alpha, stall.rate_beta)
-    log_jump = pm.Normal("stall_log_jump", np.log(stall.jump_median), stall.jump_log_sd)
+    excess = pm.LogNormal("stall_jump_excess", np.log(stall.jump_median - 1.0), stall.jump_log_sd)
+    log_jump = pm.Deterministic("stall_log_jump", pt.log1p(excess))
     spread = pm.HalfNormal("stall_spread", stall.spread_sd)
     jump = pt.exp(log_jump)
     weight = 1.0 - (1.0 - rate) ** gap_steps

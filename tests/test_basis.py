@@ -33,17 +33,28 @@ def test_weight_streaming():
     np.testing.assert_allclose(basis.weight_streaming_us(X, SPEC, HW, TP), [expected] * 2)
 
 
-def test_linear_compute_is_the_smooth_roofline_excess_over_the_weight_stream():
+def _linear_flops_us():
     tokens = np.array([64, 2008])
     flops = 2 * tokens * L * PER_LAYER + 2 * np.array([64, 10]) * V * D
-    compute = flops / TP / 989.5e6
-    weights = WEIGHT_BYTES / 3.35e6
-    expected = np.sqrt(weights**2 + compute**2) - weights
+    return flops / TP / 989.5e6
+
+
+def test_linear_compute_is_the_part_above_the_weight_stream():
+    compute = _linear_flops_us()
+    expected = np.maximum(0, compute - WEIGHT_BYTES / 3.35e6)
     got = basis.linear_compute_us(X, SPEC, HW, TP)
     np.testing.assert_allclose(got, expected)
-    # a 64-token decode batch pays a little (a few % of the weight stream); a 2k chunk ≈ C − W
-    assert 0 < got[0] < 0.05 * weights
-    assert got[1] == pytest.approx(compute[1] - weights, rel=0.1)
+    assert got[0] == 0.0 and got[1] > 0.0  # decode is memory-bound, a 2k chunk is not
+
+
+def test_roofline_knee_is_the_soft_max_excess_over_the_hard_one():
+    compute, weights = _linear_flops_us(), WEIGHT_BYTES / 3.35e6
+    expected = np.sqrt(weights**2 + compute**2) - np.maximum(weights, compute)
+    got = basis.roofline_knee_us(X, SPEC, HW, TP)
+    np.testing.assert_allclose(got, expected)
+    # never more than (√2 − 1)·W, largest at the knee, small far from it
+    assert np.all(got <= (np.sqrt(2) - 1) * weights + 1e-9) and np.all(got > 0)
+    assert got[1] < 0.5 * compute[1] - weights
 
 
 def test_prefill_attention():

@@ -65,7 +65,7 @@ def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design):
     k2 = np.where(w2 > 1e-12, (m * p - w1) / np.maximum(w2, 1e-300), 2)
     k2 = np.clip(k2, np.minimum(2, m), m)
     rate = 1 / (1 + np.exp(-point["stall_rate_logodds__"]))
-    jump = np.exp(point["stall_log_jump"])
+    jump = 1 + np.exp(point["stall_jump_excess_log__"])
     spread = np.exp(point["stall_spread_log__"])
     q = 1 - (1 - rate) ** g
     average = (own + m * p * prefill + m * (1 - p) * decode) / g

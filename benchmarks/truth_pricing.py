@@ -1,0 +1,62 @@
+"""How well does a cycle fit price the synthetic campaign's *true* batches, step by step?
+
+    .venv/bin/python benchmarks/truth_pricing.py --fit FITDIR --campaign runs/synth/small
+
+The campaign's ``ground_truth.parquet`` files hold every step (not only the 10% the
+traces sample) with its true cycle time. For each run this prints the posterior-mean
+predicted total time over the true total — all steps, steps with a prefill chunk, steps
+with more than 1,000 prefill tokens, decode-only steps — so a bias in a replay can be
+traced to the kind of step it comes from. Stalls and noise are left out (mean bases only).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from data_prep.specs import canonical_model_name, get_model_spec, load_hardware
+from inference.estimator import StepTimeModel
+from models.basis import BatchFeatures, evaluate_bases
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--fit", required=True)
+    parser.add_argument("--campaign", required=True, help="folder written by `steptime synth`")
+    args = parser.parse_args()
+
+    model = StepTimeModel.load(args.fit)
+    post = model.idata_.posterior.stack(sample=("chain", "draw"))
+    hardware = load_hardware(model.hardware)
+    print(f"{'model':<15}{'workload':<11}{'all':>7}{'prefill':>9}{'>1k prefill':>13}{'decode':>8}")
+    for truth_file in sorted(Path(args.campaign).glob("*/ground_truth.parquet")):
+        steps = pd.read_parquet(truth_file)
+        steps["new_kv_blocks"] = steps["true.new_blocks"]
+        config = yaml.safe_load((truth_file.parent / "exp-config.yaml").read_text())
+        name = canonical_model_name(config["model"])
+        beta = np.exp(post["log_beta"].sel(model=name)).transpose("sample", "basis").values
+        effect = np.exp(post["workload_effect"].sel(workload=config["workload"]).values)
+        bases = evaluate_bases(
+            model.basis_names,
+            BatchFeatures.from_frame(steps),
+            get_model_spec(name),
+            hardware,
+            int(config["tensor_parallelism"]),
+        )
+        predicted = bases @ (beta * effect[:, None]).mean(axis=0)
+        truth = steps["busy_cycle_us"].to_numpy()
+        prefill = steps["batch.prefill_tokens"].to_numpy()
+        kinds = (np.ones(len(steps), bool), prefill > 0, prefill > 1000, prefill == 0)
+        ratios = [f"{predicted[k].sum() / truth[k].sum():.3f}" if k.any() else "—" for k in kinds]
+        print(
+            f"{name:<15}{config['workload']:<11}{ratios[0]:>7}{ratios[1]:>9}"
+            f"{ratios[2]:>13}{ratios[3]:>8}"
+        )
+
+
+if __name__ == "__main__":
+    main()
