@@ -30,6 +30,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--sampler", choices=("nutpie", "pymc"), default="nutpie")
     fit.add_argument("--target-accept", type=float, default=0.95, help="NUTS step-size target")
+    fit.add_argument(
+        "--init",
+        choices=("map", "support_point"),
+        default="map",
+        help="chains start at the posterior mode (default) or jittered around the priors' centres",
+    )
     fit.add_argument("--hardware", default="h100-sxm", help="shipped name or JSON file")
     fit.add_argument(
         "--model-config-dir",
@@ -83,6 +89,7 @@ def run_fit(args: argparse.Namespace) -> int:
         sampler=args.sampler,
         progressbar=not args.no_progress,
         target_accept=args.target_accept,
+        init=args.init,
     )
     folder = model.save(args.out)
     attrs = model.idata_.posterior.attrs

@@ -7,6 +7,7 @@ InferenceData with labelled dims, one folder on disk.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import subprocess
@@ -137,8 +138,14 @@ class StepTimeModel:
         sampler: str = "nutpie",
         progressbar: bool = True,
         target_accept: float = 0.95,
+        init: str = "map",
     ) -> StepTimeModel:
-        """Sample the posterior by NUTS on ``steps[rows]`` (rows with a target only)."""
+        """Sample the posterior by NUTS on ``steps[rows]`` (rows with a target only).
+
+        ``init="map"`` starts every chain at the posterior mode found by L-BFGS (see
+        :func:`posterior_mode`); ``"support_point"`` jitters them around the priors'
+        centres, as nutpie does by default.
+        """
         from models.hierarchical import GroupCoords, build_model
 
         mask = np.ones(len(steps), dtype=bool) if rows is None else np.array(rows, dtype=bool)
@@ -151,7 +158,7 @@ class StepTimeModel:
         pm_model = build_model(design, self.priors, coords)
         started = time.perf_counter()
         idata = sample_nuts(
-            pm_model, draws, tune, chains, seed, sampler, progressbar, target_accept
+            pm_model, draws, tune, chains, seed, sampler, progressbar, target_accept, init
         )
         idata.posterior.attrs.update(
             {
@@ -163,6 +170,7 @@ class StepTimeModel:
                 "code_version": code_version(),
                 "sampler": sampler,
                 "seed": int(seed),
+                "init": init,
                 "sampling_seconds": round(time.perf_counter() - started, 2),
                 "model_architectures": json.dumps(
                     dict(zip(coords.models, coords.model_architectures, strict=True))
@@ -315,6 +323,7 @@ def sample_nuts(
     sampler: str = "nutpie",
     progressbar: bool = True,
     target_accept: float = 0.95,
+    init: str = "map",
 ) -> az.InferenceData:
     """NUTS through nutpie (numba-compiled) or, as the fallback, PyMC's own sampler."""
     if sampler == "nutpie":
@@ -323,8 +332,19 @@ def sample_nuts(
         except ImportError:
             print("nutpie is not installed; falling back to PyMC's NUTS", file=sys.stderr)
             sampler = "pymc"
+    if sampler not in ("nutpie", "pymc"):
+        raise ValueError(f"unknown sampler {sampler!r}; use 'nutpie' or 'pymc'")
+    if init not in ("map", "support_point"):
+        raise ValueError(f"unknown init {init!r}; use 'map' or 'support_point'")
+    start = posterior_mode(pm_model, seed, progressbar) if init == "map" else None
     if sampler == "nutpie":
-        compiled = nutpie.compile_pymc_model(pm_model)
+        if start is None:
+            compiled = nutpie.compile_pymc_model(pm_model)
+        else:
+            compiled = nutpie.compile_pymc_model(pm_model, initial_points=start, jitter_rvs=set())
+            compiled = dataclasses.replace(
+                compiled, initial_point_func=near(compiled.initial_point_func, START_JITTER)
+            )
         return nutpie.sample(
             compiled,
             draws=draws,
@@ -336,8 +356,6 @@ def sample_nuts(
             low_rank_modified_mass_matrix=True,
             target_accept=target_accept,
         )
-    if sampler != "pymc":
-        raise ValueError(f"unknown sampler {sampler!r}; use 'nutpie' or 'pymc'")
     import pymc as pm
 
     with pm_model:
@@ -348,6 +366,39 @@ def sample_nuts(
             cores=min(chains, 2),
             random_seed=seed,
             progressbar=progressbar,
-            init="adapt_diag",
+            init="adapt_diag" if start else "jitter+adapt_diag",  # PyMC's jitter is ±1
+            initvals=start,
             target_accept=target_accept,
         )
+
+
+START_JITTER = 0.05  # sd of each chain's offset from the mode, in unconstrained space
+
+
+def near(initial_point_func, scale: float):
+    """Seeded small Gaussian offsets around a fixed start: nutpie refuses chains that all
+    start at one identical point ("All initialization points failed")."""
+
+    def offset_start(seed):
+        start = initial_point_func(seed)
+        return start + scale * np.random.default_rng(seed).standard_normal(start.shape)
+
+    return offset_start
+
+
+def posterior_mode(pm_model, seed: int, progressbar: bool = True) -> dict[str, np.ndarray]:
+    """The posterior mode by L-BFGS from the priors' centres, where every chain starts.
+
+    The mixture likelihood has a secondary mode that holds no posterior mass but traps
+    chains: on the real temporal split a chain started from the usual ±1 jitter (around
+    the priors' centres or around this mode alike) climbed into it during warm-up and
+    stayed, 24 nats below the other chain, with CodeLlama-34B's GEMM cost doubled (max
+    R-hat 1.83). Chains start at small seeded offsets from the mode and separate through
+    their own momenta; R-hat still measures their mixing, not a search for other modes.
+    """
+    import pymc as pm
+
+    if progressbar:
+        print("finding the posterior mode to start the chains (L-BFGS)", file=sys.stderr)
+    mode = pm.find_MAP(model=pm_model, progressbar=False, seed=seed)
+    return {rv.name: np.asarray(mode[rv.name]) for rv in pm_model.free_RVs}

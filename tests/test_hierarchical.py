@@ -106,3 +106,32 @@ def test_single_step_target_has_no_separate_noise_floor(tiny_steps):
     free = {v.name for v in pm_model.free_RVs}
     assert "sigma_floor" not in free and "sigma_step" in free
     assert {"u_threshold", "z_jump", "p_max"} <= free  # the scheduler's regime mixture
+
+
+def test_chains_start_from_the_posterior_mode(cycle_design):
+    from inference.estimator import posterior_mode, sample_nuts
+
+    estimator, design, coords = cycle_design
+    pm_model = build_model(design, estimator.priors, coords)
+    mode = posterior_mode(pm_model, seed=0, progressbar=False)
+    assert set(mode) == {rv.name for rv in pm_model.free_RVs}
+    logp = pm_model.compile_logp()
+    centre = pm_model.initial_point()
+    at_mode = pm_model.initial_point()
+    for rv in pm_model.free_RVs:
+        value_var = pm_model.rvs_to_values[rv]
+        transform = pm_model.rvs_to_transforms[rv]
+        value = mode[rv.name] if transform is None else transform.forward(mode[rv.name]).eval()
+        at_mode[value_var.name] = np.asarray(value, dtype=float)
+    assert logp(at_mode) > logp(centre) + 10.0
+    with pytest.raises(ValueError, match="unknown init"):
+        sample_nuts(pm_model, 10, 10, 1, 0, init="prior")
+
+
+def test_chain_starts_are_seeded_small_offsets_from_one_point():
+    from inference.estimator import near
+
+    start = near(lambda seed: np.arange(4.0), 0.05)
+    np.testing.assert_array_equal(start(3), start(3))
+    assert not np.allclose(start(0), start(1))
+    assert np.max(np.abs(start(0) - np.arange(4.0))) < 0.3
