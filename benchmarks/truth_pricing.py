@@ -7,6 +7,9 @@ traces sample) with its true cycle time. For each run this prints the posterior-
 predicted total time over the true total — all steps, steps with a prefill chunk, steps
 with more than 1,000 prefill tokens, decode-only steps — so a bias in a replay can be
 traced to the kind of step it comes from. Stalls and noise are left out (mean bases only).
+The last column is the share of the true busy time spent in host-bound steps (the
+truth's cycle is max(GPU + output processing, scheduler + 40 µs); there GPU bases can
+only be right on average).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 import yaml
 
 from data_prep.specs import canonical_model_name, get_model_spec, load_hardware
+from data_prep.synth.oracle import HOST_CYCLE_PAD_US
 from inference.estimator import StepTimeModel
 from models.basis import BatchFeatures, evaluate_bases
 
@@ -32,7 +36,10 @@ def main() -> None:
     model = StepTimeModel.load(args.fit)
     post = model.idata_.posterior.stack(sample=("chain", "draw"))
     hardware = load_hardware(model.hardware)
-    print(f"{'model':<15}{'workload':<11}{'all':>7}{'prefill':>9}{'>1k prefill':>13}{'decode':>8}")
+    print(
+        f"{'model':<15}{'workload':<11}{'all':>7}{'prefill':>9}{'>1k prefill':>13}{'decode':>8}"
+        f"{'host-bound':>12}"
+    )
     for truth_file in sorted(Path(args.campaign).glob("*/ground_truth.parquet")):
         steps = pd.read_parquet(truth_file)
         steps["new_kv_blocks"] = steps["true.new_blocks"]
@@ -52,9 +59,11 @@ def main() -> None:
         prefill = steps["batch.prefill_tokens"].to_numpy()
         kinds = (np.ones(len(steps), bool), prefill > 0, prefill > 1000, prefill == 0)
         ratios = [f"{predicted[k].sum() / truth[k].sum():.3f}" if k.any() else "—" for k in kinds]
+        host_bound = np.isclose(truth, steps["schedule_us"].to_numpy() + HOST_CYCLE_PAD_US)
+        host_share = truth[host_bound].sum() / truth.sum()
         print(
             f"{name:<15}{config['workload']:<11}{ratios[0]:>7}{ratios[1]:>9}"
-            f"{ratios[2]:>13}{ratios[3]:>8}"
+            f"{ratios[2]:>13}{ratios[3]:>8}{host_share:>12.1%}"
         )
 
 

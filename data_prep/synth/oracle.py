@@ -102,6 +102,7 @@ PER_REQUEST_US = 6.0  # sampling + metadata per request in the batch
 PER_STEP_US = 420.0  # input preparation, synchronisation
 OUTPUT_PROC_US = 120.0  # update_from_output, fixed part
 OUTPUT_PROC_PER_REQ_US = 1.6
+HOST_CYCLE_PAD_US = 40.0  # a host-bound cycle: the schedule plus launching the step
 ROOFLINE_P = 2.0  # soft max of memory and compute time
 GPU_NOISE_SIGMA = 0.012
 SCHED_NOISE_SIGMA = 0.28
@@ -239,7 +240,8 @@ class Oracle:
         gpu = self.gpu_us(f, self._t_gpu[i], u[2], u[3])
         n_req = f["batch.num_prefill_reqs"] + f["batch.num_decode_reqs"]
         if gpu > 0:
-            cycle = max(gpu + OUTPUT_PROC_US + OUTPUT_PROC_PER_REQ_US * n_req, sched + 40.0)
+            busy_gpu = gpu + OUTPUT_PROC_US + OUTPUT_PROC_PER_REQ_US * n_req
+            cycle = max(busy_gpu, sched + HOST_CYCLE_PAD_US)
         else:
-            cycle = sched + 40.0
+            cycle = sched + HOST_CYCLE_PAD_US
         return sched, gpu, cycle
