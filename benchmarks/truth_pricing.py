@@ -10,6 +10,11 @@ traced to the kind of step it comes from. Stalls and noise are left out (mean ba
 The last column is the share of the true busy time spent in host-bound steps (the
 truth's cycle is max(GPU + output processing, scheduler + 40 µs); there GPU bases can
 only be right on average).
+
+With ``--unpooled`` each run is also fitted on its own — non-negative least squares of
+relative error of the same bases to every true step — and its coefficients are printed
+beside the fit's: where the unpooled fit prices a kind of step right and the posterior
+does not, the bases can describe the run and the priors or the pooling hold it back.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
+from scipy.optimize import nnls
 
 from data_prep.specs import canonical_model_name, get_model_spec, load_hardware
 from data_prep.synth.oracle import HOST_CYCLE_PAD_US
@@ -31,6 +37,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fit", required=True)
     parser.add_argument("--campaign", required=True, help="folder written by `steptime synth`")
+    parser.add_argument("--unpooled", action="store_true", help="also fit each run on its own")
     args = parser.parse_args()
 
     model = StepTimeModel.load(args.fit)
@@ -65,6 +72,24 @@ def main() -> None:
             f"{name:<15}{config['workload']:<11}{ratios[0]:>7}{ratios[1]:>9}"
             f"{ratios[2]:>13}{ratios[3]:>8}{host_share:>12.1%}"
         )
+        if args.unpooled:
+            unpooled = unpooled_coefficients(bases, truth)
+            big = kinds[2]
+            big_ratio = "—"
+            if big.any():
+                big_ratio = f"{(bases[big] @ unpooled).sum() / truth[big].sum():.3f}"
+            print(f"{'':<26}unpooled: >1k prefill {big_ratio}, coefficients (fit's mean)")
+            fitted = beta.mean(axis=0)
+            for basis, own, pooled in zip(model.basis_names, unpooled, fitted, strict=True):
+                print(f"{'':<30}{basis:<20}{own:8.2f} ({pooled:.2f})")
+
+
+def unpooled_coefficients(bases: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """β ≥ 0 minimising Σ(β·bases / truth − 1)²; bases that are zero throughout the run get 0."""
+    used = np.any(bases != 0, axis=0)
+    coefficients = np.zeros(bases.shape[1])
+    coefficients[used], _ = nnls(bases[:, used] / truth[:, None], np.ones(len(truth)))
+    return coefficients
 
 
 if __name__ == "__main__":
