@@ -7,13 +7,12 @@ InferenceData with labelled dims, one folder on disk.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import arviz as az
@@ -342,7 +341,7 @@ def sample_nuts(
             compiled = nutpie.compile_pymc_model(pm_model)
         else:
             compiled = nutpie.compile_pymc_model(pm_model, initial_points=start, jitter_rvs=set())
-            compiled = dataclasses.replace(
+            compiled = replace(
                 compiled, initial_point_func=near(compiled.initial_point_func, START_JITTER)
             )
         return nutpie.sample(
