@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -342,7 +343,7 @@ def sample_nuts(
         else:
             compiled = nutpie.compile_pymc_model(pm_model, initial_points=start, jitter_rvs=set())
             compiled = replace(
-                compiled, initial_point_func=near(compiled.initial_point_func, START_JITTER)
+                compiled, initial_point_func=starts_near(compiled.initial_point_func, START_JITTER)
             )
         return nutpie.sample(
             compiled,
@@ -374,11 +375,13 @@ def sample_nuts(
 START_JITTER = 0.05  # sd of each chain's offset from the mode, in unconstrained space
 
 
-def near(initial_point_func, scale: float):
+def starts_near(
+    initial_point_func: Callable[[int], np.ndarray], scale: float
+) -> Callable[[int], np.ndarray]:
     """Seeded small Gaussian offsets around a fixed start: nutpie refuses chains that all
     start at one identical point ("All initialization points failed")."""
 
-    def offset_start(seed):
+    def offset_start(seed: int) -> np.ndarray:
         start = initial_point_func(seed)
         return start + scale * np.random.default_rng(seed).standard_normal(start.shape)
 

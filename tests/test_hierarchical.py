@@ -129,9 +129,9 @@ def test_chains_start_from_the_posterior_mode(cycle_design):
 
 
 def test_chain_starts_are_seeded_small_offsets_from_one_point():
-    from inference.estimator import near
+    from inference.estimator import starts_near
 
-    start = near(lambda seed: np.arange(4.0), 0.05)
+    start = starts_near(lambda seed: np.arange(4.0), 0.05)
     np.testing.assert_array_equal(start(3), start(3))
     assert not np.allclose(start(0), start(1))
     assert np.max(np.abs(start(0) - np.arange(4.0))) < 0.3
