@@ -141,10 +141,11 @@ def _fast_basis_factories(spec: ModelSpec, hw: HardwareSpec, tp: int) -> dict[st
         return (lin_tok * (f[2] + f[3]) + lin_row * (f[0] + f[1])) / tp / flops_us
 
     def linear_compute(f):
-        return max(0.0, linear_flops(f) - weights(f))
+        c = linear_flops(f) / b.NOMINAL_GEMM_MFU
+        return max(0.0, c - weights(f) / b.NOMINAL_HBM_EFFICIENCY)
 
     def roofline_knee(f):
-        w, c = weights(f), linear_flops(f)
+        w, c = weights(f) / b.NOMINAL_HBM_EFFICIENCY, linear_flops(f) / b.NOMINAL_GEMM_MFU
         return math.hypot(w, c) - max(w, c)
 
     attn = 4.0 * spec.num_heads * spec.head_dim * spec.num_layers / tp / flops_us

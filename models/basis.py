@@ -18,7 +18,7 @@ import numpy as np
 
 from data_prep.specs import KV_BLOCK_TOKENS, HardwareSpec, ModelSpec
 
-BASIS_SET_VERSION = "2"  # 2: adds roofline_knee
+BASIS_SET_VERSION = "3"  # 2: adds roofline_knee; 3: the knee sits at nominal achieved rates
 
 # Nominal overheads (µs) that define the unit of the fixed-cost bases.
 NOMINAL_RING_HOP_LATENCY_US = 3.0
@@ -27,6 +27,9 @@ NOMINAL_REQUEST_OVERHEAD_US = 20.0
 NOMINAL_PREFILL_ADMISSION_US = 200.0
 NOMINAL_STEP_OVERHEAD_US = 1000.0
 NOMINAL_HBM_EFFICIENCY = 0.8
+# Large-GEMM MFU on an H100: 0.60–0.65 for m ≥ 4096 tokens in the InferSim kernel table
+# (data/kernels/h100/gemm_data.csv of the shared data), so a prefill chunk runs near it.
+NOMINAL_GEMM_MFU = 0.62
 NOMINAL_SCHED_STEP_US = 100.0
 NOMINAL_SCHED_REQUEST_US = 2.0
 NOMINAL_SCHED_TOKEN_US = 0.1
@@ -144,18 +147,23 @@ def linear_flops_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int
 
 
 def linear_compute_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
-    """GEMM time the weight stream cannot hide: max(0, FLOPs/peak − weight bytes/bandwidth).
+    """GEMM time the weight stream cannot hide, at nominal achieved rates (µs):
+    max(0, FLOPs/(peak·NOMINAL_GEMM_MFU) − weight bytes/(bandwidth·NOMINAL_HBM_EFFICIENCY)).
 
-    With ``static_step`` (which carries the weight stream) this makes a roofline,
-    max(memory, compute), with its knee at nominal rates: decode batches are memory-bound
-    and add nothing here, prefill chunks do.
+    With ``static_step`` (which carries the weight stream at the same efficiency) this
+    makes a roofline, max(memory, compute). Its knee sits where the *achieved* rates cross,
+    as on a real GPU: at peak rates it would sit ~25% more tokens to the right, and a model
+    whose decode batches straddle the knee (a 7B at TP 1) had its big prefill chunks priced
+    at two thirds of their time.
     """
-    return np.maximum(0.0, linear_flops_us(x, spec, hw, tp) - weight_streaming_us(x, spec, hw, tp))
+    compute, memory = _achieved_roofline_us(x, spec, hw, tp)
+    return np.maximum(0.0, compute - memory)
 
 
 def roofline_knee_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int) -> np.ndarray:
     """Imperfect overlap of weight loads and math near the roofline knee:
-    √(W² + C²) − max(W, C) for weight-stream time W and FLOP time C at peak rates (µs).
+    √(W² + C²) − max(W, C) for weight-stream time W and GEMM time C at nominal achieved
+    rates, as in ``linear_compute_us`` (µs).
 
     Zero far from the knee, up to 0.41·W at it. Its coefficient sets how soft the knee
     is — 0 is the hard max(memory, compute), 1 a quadratic soft max — so the data decides:
@@ -163,9 +171,17 @@ def roofline_knee_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: in
     compute) is pushed into any other basis linear in tokens (all-reduce traffic came out
     10× its physics on the synthetic campaign) and mispriced for TP = 1.
     """
-    weights = weight_streaming_us(x, spec, hw, tp)
-    compute = linear_flops_us(x, spec, hw, tp)
-    return np.hypot(weights, compute) - np.maximum(weights, compute)
+    compute, memory = _achieved_roofline_us(x, spec, hw, tp)
+    return np.hypot(memory, compute) - np.maximum(memory, compute)
+
+
+def _achieved_roofline_us(
+    x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(GEMM time, weight-stream time) at the nominal achieved rates, in µs."""
+    compute = linear_flops_us(x, spec, hw, tp) / NOMINAL_GEMM_MFU
+    memory = weight_streaming_us(x, spec, hw, tp) / NOMINAL_HBM_EFFICIENCY
+    return compute, memory
 
 
 def prefill_attention_us(

@@ -231,7 +231,8 @@ def test_parameter_uncertainty_and_step_noise_are_separate_knobs(sampler):
     assert np.ptp(runs) > 0
     assert noise_only.shape == (2000,)
     many = sampler.sample({"decode_reqs": [1, 64], "kv_tokens": [100, 90000]}, 10, rng, **kwargs)
-    assert many.shape == (10, 2) and np.all(many[:, 1] > many[:, 0] * 0.9)
+    # medians: a draw may be a stalled step, several times longer
+    assert many.shape == (10, 2) and np.median(many[:, 1]) > np.median(many[:, 0])
 
 
 def test_run_noise_preserves_the_mean(sampler):
