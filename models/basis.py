@@ -152,9 +152,8 @@ def linear_compute_us(x: BatchFeatures, spec: ModelSpec, hw: HardwareSpec, tp: i
 
     With ``static_step`` (which carries the weight stream at the same efficiency) this
     makes a roofline, max(memory, compute). Its knee sits where the *achieved* rates cross,
-    as on a real GPU: at peak rates it would sit ~30% more tokens to the right, and a model
-    whose decode batches straddle the knee (a 7B at TP 1) had its big prefill chunks priced
-    at two thirds of their time.
+    as on a real GPU: at peak rates it sits ~30% more tokens to the right, decode batches
+    near it are priced by the wrong terms, and a replayed 7B at TP 1 ran 5% fast.
     """
     compute, memory = _achieved_roofline_us(x, spec, hw, tp)
     return np.maximum(0.0, compute - memory)

@@ -107,7 +107,7 @@ DEFAULT_COEFFICIENT_PRIORS: dict[str, CoefficientPrior] = {
     "static_step": CoefficientPrior(median=1.0, log_sd=0.3, model_sd=0.1),
     # cycle: inverse hardware efficiencies
     "weights": CoefficientPrior(median=1.25, log_sd=0.25, model_sd=0.1),
-    # 1 = GEMMs at the nominal MFU of models.basis; wide: real traces run at 1.3–1.7
+    # 1 = GEMMs at the nominal MFU of models.basis; wide: the real traces run at 1.1–1.5
     "linear_compute": CoefficientPrior(median=1.0, log_sd=0.3, model_sd=0.1),
     # 0 = hard roofline knee, 1 = quadratic soft max; wide: real and synthetic differ
     "roofline_knee": CoefficientPrior(median=0.3, log_sd=1.2, model_sd=0.3),
