@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from inference.cli import HOST_BOUND_HELP
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands."""
@@ -64,6 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cv.add_argument("--max-train-rows", type=int, help="fit a seeded subset of each fold")
     cv.add_argument("--kernel-dir", help="InferSim kernel tables for the roofline's MFU")
     cv.add_argument("--model-config-dir", action="append", default=[])
+    cv.add_argument("--host-bound", action="store_true", help=HOST_BOUND_HELP)
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(handler=run_crossval)
 
@@ -178,6 +181,7 @@ def run_crossval(args: argparse.Namespace) -> int:
             model_config_dirs=tuple(args.model_config_dir),
             kernel_dir=args.kernel_dir,
             max_train_rows=args.max_train_rows,
+            host_bound=args.host_bound,
         )
     except SingleGroupError as err:
         return _error("crossval", err)

@@ -37,12 +37,14 @@ def crossval(
     model_config_dirs: tuple[str, ...] = (),
     kernel_dir: str | Path | None = None,
     max_train_rows: int | None = None,
+    host_bound: bool = False,
     log=None,
 ) -> dict:
     """``{"target", "by", "folds": [{held_out, n_rows, mape, median_ape, coverage_90, …}]}``."""
     from inference.estimator import StepTimeModel
     from inference.predictive import mape_optimal_point
     from models.baselines import Blackbox, NaiveMean, Roofline
+    from models.priors import DEFAULT_PRIORS
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if by not in BY_COLUMNS:
@@ -66,7 +68,10 @@ def crossval(
             f"[{i}/{len(groups)}] hold out {by} {group!r}: fit on {int(train.sum())} rows, "
             f"predict {int(test.sum())}"
         )
-        model = StepTimeModel(target=target, model_config_dirs=tuple(model_config_dirs))
+        priors = DEFAULT_PRIORS[target].with_host() if host_bound else DEFAULT_PRIORS[target]
+        model = StepTimeModel(
+            target=target, priors=priors, model_config_dirs=tuple(model_config_dirs)
+        )
         model.fit(
             steps, train.copy(), draws=draws, tune=tune, chains=chains, seed=seed, progressbar=False
         )
@@ -118,6 +123,7 @@ def crossval(
         "draws": draws,
         "tune": tune,
         "chains": chains,
+        "host_bound": host_bound,
         "folds": folds,
     }
 

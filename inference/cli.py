@@ -5,6 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+HOST_BOUND_HELP = (
+    "cycle only: also fit the scheduler regression to the traced scheduler times and price "
+    "each step as the soft max of its GPU time and scheduler time + launch"
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this package's subcommands."""
@@ -44,6 +49,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="folder of config.json files for models not shipped with the package",
     )
     fit.add_argument("--max-rows", type=int, help="fit a seeded random subset of the training rows")
+    fit.add_argument("--host-bound", action="store_true", help=HOST_BOUND_HELP)
     fit.add_argument("--no-progress", action="store_true")
     fit.set_defaults(handler=run_fit)
     register_handoff(subparsers)
@@ -56,6 +62,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from data_prep.splits import load_splits, select_rows, subsample_rows
     from diagnostics.convergence import convergence_summary, format_convergence
     from inference.estimator import StepTimeModel
+    from models.priors import DEFAULT_PRIORS
 
     try:
         steps = load_steps(args.data)
@@ -68,8 +75,13 @@ def run_fit(args: argparse.Namespace) -> int:
         print(f"steptime fit: {err}", file=sys.stderr)
         return 2
     rows = subsample_rows(rows, args.max_rows, args.seed)
+    if args.host_bound and args.target != "cycle":
+        print("steptime fit: --host-bound applies to --target cycle only", file=sys.stderr)
+        return 2
+    priors = DEFAULT_PRIORS[args.target]
     model = StepTimeModel(
         target=args.target,
+        priors=priors.with_host() if args.host_bound else priors,
         hardware=args.hardware,
         model_config_dirs=tuple(args.model_config_dir),
     )

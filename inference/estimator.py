@@ -37,7 +37,7 @@ from inference.predictive import (
 )
 from models.basis import BASIS_SET_VERSION, DEFAULT_BASIS_SETS
 from models.design import Design, build_design
-from models.priors import DEFAULT_PRIORS, PriorConfig
+from models.priors import DEFAULT_PRIORS, HOST_MODEL, PriorConfig
 
 POSTERIOR_FILE = "posterior.nc"
 CONFIG_FILE = "model.json"
@@ -86,6 +86,7 @@ class StepTimeModel:
     priors: PriorConfig | None = None
     hardware: str = "h100-sxm"
     model_config_dirs: tuple[str, ...] = ()
+    host_basis_names: tuple[str, ...] | None = None  # scheduler bases of host-bound fits
     specs_: dict[str, ModelSpec] = field(default_factory=dict)
     idata_: az.InferenceData | None = None
 
@@ -98,6 +99,15 @@ class StepTimeModel:
             self.basis_names = DEFAULT_BASIS_SETS[self.target]
         self.basis_names = tuple(self.basis_names)
         self.priors.for_bases(self.basis_names)
+        if self.priors.host is not None:
+            if self.target != "cycle":
+                raise ValueError("only cycle fits price host-bound steps")
+            if self.host_basis_names is None:
+                self.host_basis_names = DEFAULT_BASIS_SETS["schedule"]
+            self.host_basis_names = tuple(self.host_basis_names)
+            self.priors.host.for_bases(self.host_basis_names)
+        elif self.host_basis_names is not None:
+            raise ValueError("host_basis_names need host priors (PriorConfig.with_host())")
 
     # --- configuration helpers -------------------------------------------------------
 
@@ -121,7 +131,13 @@ class StepTimeModel:
     ) -> Design:
         specs = self.resolve_specs(steps["model"].unique(), specs)
         return build_design(
-            steps, self.target, self.basis_names, specs, self.hardware_spec, rows=rows
+            steps,
+            self.target,
+            self.basis_names,
+            specs,
+            self.hardware_spec,
+            rows=rows,
+            host_basis_names=self.host_basis_names,
         )
 
     # --- fitting -----------------------------------------------------------------------
@@ -165,6 +181,9 @@ class StepTimeModel:
                 "target": self.target,
                 "basis_set_version": BASIS_SET_VERSION,
                 "basis_names": json.dumps(list(self.basis_names)),
+                "host_basis_names": json.dumps(
+                    None if self.host_basis_names is None else list(self.host_basis_names)
+                ),
                 "data_hash": data_hash(design),
                 "n_observations": int(len(design)),
                 "code_version": code_version(),
@@ -187,49 +206,17 @@ class StepTimeModel:
         if self.idata_ is None:
             raise RuntimeError("the model is not fitted; call fit() or load()")
         post = self.idata_.posterior.stack(sample=("chain", "draw")).transpose("sample", ...)
-        priors = self.priors.for_bases(self.basis_names)
-        return PosteriorDraws(
-            basis_names=self.basis_names,
-            models=tuple(str(m) for m in post["model"].values),
-            workloads=tuple(str(w) for w in post["workload"].values),
-            log_beta_population=post["log_beta_population"].values,
-            a_moe=post["a_moe"].values,
-            log_beta=post["log_beta"].transpose("sample", "model", "basis").values,
-            workload_effect=post["workload_effect"].values,
-            sigma_floor=post["sigma_floor"].values,
-            sigma_step=post["sigma_step"].values,
-            nu=post["nu"].values,
-            model_sd=np.array([p.model_sd for p in priors]),
-            moe_sd=np.array([p.moe_sd for p in priors]),
-            workload_sd=self.priors.noise.workload_sd,
-            regime=self._regime_draws(post),
-            stall=self._stall_draws(post),
+        draws = _draws_of(post, self.basis_names, self.priors, prefix="", basis_dim="basis")
+        if self.priors.host is None:
+            return draws
+        host = _draws_of(
+            post,
+            self.host_basis_names,
+            self.priors.host,
+            prefix=f"{HOST_MODEL}::",
+            basis_dim="host_basis",
         )
-
-    def _stall_draws(self, post: xr.Dataset) -> StallDraws | None:
-        if self.priors.stall is None or "stall_rate" not in post:
-            return None
-        return StallDraws(
-            rate=post["stall_rate"].values,
-            log_jump=post["stall_log_jump"].values,
-            spread=post["stall_spread"].values,
-        )
-
-    def _regime_draws(self, post: xr.Dataset) -> RegimeDraws | None:
-        regime = self.priors.regime
-        if regime is None:
-            return None
-        return RegimeDraws(
-            threshold=post["threshold"].transpose("sample", "model").values,
-            threshold_population=post["threshold_population"].values,
-            jump=post["jump"].transpose("sample", "model").values,
-            jump_population=post["jump_population"].values,
-            slow_sigma=post["slow_sigma"].transpose("sample", "model").values,
-            p_max=post["p_max"].values,
-            threshold_model_sd=regime.threshold_model_sd,
-            jump_model_sd=regime.jump_model_sd,
-            width=regime.width,
-        )
+        return replace(draws, host=host)
 
     def sample_posterior_predictive(
         self,
@@ -283,6 +270,9 @@ class StepTimeModel:
             "format_version": FORMAT_VERSION,
             "target": self.target,
             "basis_names": list(self.basis_names),
+            "host_basis_names": None
+            if self.host_basis_names is None
+            else list(self.host_basis_names),
             "basis_set_version": BASIS_SET_VERSION,
             "priors": self.priors.to_dict(),
             "hardware": self.hardware_spec.to_dict(),
@@ -305,6 +295,7 @@ class StepTimeModel:
         model = cls(
             target=config["target"],
             basis_names=tuple(config["basis_names"]),
+            host_basis_names=config.get("host_basis_names"),
             priors=PriorConfig.from_dict(config["priors"]),
             hardware=hardware_name,
             model_config_dirs=tuple(config.get("model_config_dirs", ())),
@@ -312,6 +303,51 @@ class StepTimeModel:
         )
         model.idata_ = az.from_netcdf(folder / POSTERIOR_FILE)
         return model
+
+
+def _draws_of(post: xr.Dataset, basis_names, priors: PriorConfig, prefix: str, basis_dim: str):
+    """PosteriorDraws of one regression (the step time, or a fit's host sub-model)."""
+
+    def values(name: str, *dims: str) -> np.ndarray:
+        return post[prefix + name].transpose("sample", *dims).values
+
+    coefficient_priors = priors.for_bases(basis_names)
+    regime = priors.regime
+    return PosteriorDraws(
+        basis_names=tuple(basis_names),
+        models=tuple(str(m) for m in post["model"].values),
+        workloads=tuple(str(w) for w in post["workload"].values),
+        log_beta_population=values("log_beta_population", basis_dim),
+        a_moe=values("a_moe", basis_dim),
+        log_beta=values("log_beta", "model", basis_dim),
+        workload_effect=values("workload_effect", "workload"),
+        sigma_floor=values("sigma_floor", "model"),
+        sigma_step=values("sigma_step", "model"),
+        nu=values("nu"),
+        model_sd=np.array([p.model_sd for p in coefficient_priors]),
+        moe_sd=np.array([p.moe_sd for p in coefficient_priors]),
+        workload_sd=priors.noise.workload_sd,
+        regime=None
+        if regime is None
+        else RegimeDraws(
+            threshold=values("threshold", "model"),
+            threshold_population=values("threshold_population"),
+            jump=values("jump", "model"),
+            jump_population=values("jump_population"),
+            slow_sigma=values("slow_sigma", "model"),
+            p_max=values("p_max"),
+            threshold_model_sd=regime.threshold_model_sd,
+            jump_model_sd=regime.jump_model_sd,
+            width=regime.width,
+        ),
+        stall=None
+        if priors.stall is None or prefix + "stall_rate" not in post
+        else StallDraws(
+            rate=values("stall_rate"),
+            log_jump=values("stall_log_jump"),
+            spread=values("stall_spread"),
+        ),
+    )
 
 
 def sample_nuts(

@@ -5,8 +5,9 @@ few hundred posterior draws and writes everything a numpy-only (or Go) sampler n
 the basis-set definition and its nominal constants, hardware constants, the fitted
 models' architecture specs, per-group coefficient draws, the noise parameters and the
 fixed hyperparameters that predict a model or workload the fit never saw, and — for a
-``schedule`` fit with the scheduler's slow regime — the regime's draws (``regime``), and
-for a ``cycle`` fit the rare-stall draws (``stall``).
+``schedule`` fit with the scheduler's slow regime — the regime's draws (``regime``), for
+a ``cycle`` fit the rare-stall draws (``stall``), and for a ``--host-bound`` cycle fit its
+scheduler regression as a nested ``schedule`` artifact (``host``).
 
 ``load_artifact(path)`` reads it back and validates it against
 ``inference/steptime_artifact.schema.json`` (a small built-in validator for the subset of
@@ -28,7 +29,8 @@ import numpy as np
 from inference.predictive import PosteriorDraws, RegimeDraws, StallDraws
 
 ARTIFACT_FORMAT = "steptime-artifact"
-ARTIFACT_VERSION = 2  # 2: optional "stall" section
+ARTIFACT_VERSION = 3  # 2: optional "stall" section; 3: optional "host" sub-artifact
+READABLE_VERSIONS = (2, 3)  # a version-2 artifact is a version-3 one without "host"
 SCHEMA_FILE = "steptime_artifact.schema.json"
 SIGNIFICANT_DIGITS = 6
 MAX_ARTIFACT_BYTES = 2_000_000
@@ -53,7 +55,8 @@ def _round(values: Any, digits: int = SIGNIFICANT_DIGITS) -> Any:
 
 
 def basis_constants() -> dict[str, float]:
-    """The nominal constants the basis functions use (every ``NOMINAL_*`` of models.basis)."""
+    """The constants the basis functions use: every ``NOMINAL_*`` of models.basis, the KV
+    block size and the power of the host-bound soft max."""
     from data_prep.specs import KV_BLOCK_TOKENS
     from models import basis
 
@@ -63,6 +66,7 @@ def basis_constants() -> dict[str, float]:
         if name.startswith("NOMINAL_")
     }
     constants["KV_BLOCK_TOKENS"] = float(KV_BLOCK_TOKENS)
+    constants["HOST_OVERLAP_POWER"] = float(basis.HOST_OVERLAP_POWER)
     return constants
 
 
@@ -74,7 +78,11 @@ def regime_section(regime: RegimeDraws) -> dict[str, Any]:
 
 
 def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> dict[str, Any]:
-    """The artifact of a saved fit as a JSON-ready dict (``n_draws`` thinned draws)."""
+    """The artifact of a saved fit as a JSON-ready dict (``n_draws`` thinned draws).
+
+    A ``--host-bound`` cycle fit carries its scheduler regression as ``host``: a complete
+    ``schedule`` artifact over the same groups and the same thinned draws.
+    """
     from inference.estimator import StepTimeModel  # ArviZ: only the exporter needs it
 
     fit_dir = Path(fit_dir)
@@ -86,32 +94,20 @@ def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> di
     for name in draws.models:
         if name not in architectures:
             architectures[name] = model.specs_[name].architecture
-    priors = model.priors
-    artifact = {
+    shared = {
         "format": ARTIFACT_FORMAT,
         "version": ARTIFACT_VERSION,
-        "target": model.target,
         "basis_set_version": str(attrs.get("basis_set_version", "")),
-        "basis_names": list(model.basis_names),
         "basis_constants": basis_constants(),
         "hardware": model.hardware_spec.to_dict(),
         "model_specs": {
             name: model.specs_[name].to_dict() for name in draws.models if name in model.specs_
-        },
-        "priors": {
-            "model_sd": _round(draws.model_sd),
-            "moe_sd": _round(draws.moe_sd),
-            "workload_sd": float(draws.workload_sd),
-            "coefficient_medians": _round([c.median for c in priors.for_bases(model.basis_names)]),
-            "coefficient_log_sd": _round([c.log_sd for c in priors.for_bases(model.basis_names)]),
         },
         "groups": {
             "models": list(draws.models),
             "model_architectures": [architectures[m] for m in draws.models],
             "workloads": list(draws.workloads),
         },
-        "draws": {"n_draws": int(draws.n_draws)}
-        | {name: _round(getattr(draws, name)) for name in PER_DRAW_FIELDS},
         "provenance": {
             "fit_dir": str(fit_dir.resolve()),
             "created_utc": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -123,13 +119,33 @@ def build_artifact(fit_dir: str | Path, n_draws: int = 400, seed: int = 0) -> di
             "n_observations": int(attrs.get("n_observations", 0)),
         },
     }
-    if draws.regime is not None:
-        artifact["regime"] = regime_section(draws.regime)
-    if draws.stall is not None:
-        artifact["stall"] = {
-            name: _round(getattr(draws.stall, name)) for name in StallDraws.PER_DRAW
-        }
+    artifact = shared | _regression_sections(model.target, model.priors, draws)
+    if draws.host is not None:
+        artifact["host"] = shared | _regression_sections("schedule", model.priors.host, draws.host)
     return artifact
+
+
+def _regression_sections(target: str, priors, draws: PosteriorDraws) -> dict[str, Any]:
+    """The sections of one regression: target, bases, priors, draws, regime, stall."""
+    coefficient_priors = priors.for_bases(draws.basis_names)
+    out: dict[str, Any] = {
+        "target": target,
+        "basis_names": list(draws.basis_names),
+        "priors": {
+            "model_sd": _round(draws.model_sd),
+            "moe_sd": _round(draws.moe_sd),
+            "workload_sd": float(draws.workload_sd),
+            "coefficient_medians": _round([c.median for c in coefficient_priors]),
+            "coefficient_log_sd": _round([c.log_sd for c in coefficient_priors]),
+        },
+        "draws": {"n_draws": int(draws.n_draws)}
+        | {name: _round(getattr(draws, name)) for name in PER_DRAW_FIELDS},
+    }
+    if draws.regime is not None:
+        out["regime"] = regime_section(draws.regime)
+    if draws.stall is not None:
+        out["stall"] = {name: _round(getattr(draws.stall, name)) for name in StallDraws.PER_DRAW}
+    return out
 
 
 def export_artifact(
@@ -283,18 +299,35 @@ def validate_artifact(artifact: Any, source: str = "artifact") -> dict:
             f"{source}: not a steptime artifact (format {artifact.get('format')!r}, "
             f"expected {ARTIFACT_FORMAT!r})"
         )
-    if artifact.get("version") != ARTIFACT_VERSION:
+    if artifact.get("version") not in READABLE_VERSIONS:
         raise ArtifactError(
             f"{source}: unsupported artifact version {artifact.get('version')!r} "
-            f"(this steptime reads version {ARTIFACT_VERSION})"
+            f"(this steptime reads versions {list(READABLE_VERSIONS)})"
         )
     errors = _schema_errors(artifact, load_schema(), "$")
     if not errors:
         errors = _shape_errors(artifact)
+    if not errors and artifact.get("host") is not None:
+        host = validate_artifact(artifact["host"], f"{source} $.host")
+        errors = _host_errors(artifact, host)
     if errors:
         shown = "\n  ".join(errors[:20])
         raise ArtifactError(f"{source}: invalid steptime artifact:\n  {shown}")
     return artifact
+
+
+def _host_errors(artifact: dict, host: dict) -> list[str]:
+    """A ``host`` sub-artifact prices the scheduler of the same groups and draws."""
+    errors = []
+    if artifact["target"] != "cycle" or host["target"] != "schedule":
+        errors.append("$.host: only a cycle artifact carries a host, and it is a schedule one")
+    if host["groups"] != artifact["groups"]:
+        errors.append("$.host.groups: must equal $.groups")
+    if host["draws"]["n_draws"] != artifact["draws"]["n_draws"]:
+        errors.append("$.host.draws.n_draws: must equal $.draws.n_draws")
+    if host.get("host") is not None:
+        errors.append("$.host.host: a host has no host")
+    return errors
 
 
 def load_artifact(path: str | Path) -> dict:
@@ -323,6 +356,7 @@ def posterior_draws(artifact: dict) -> PosteriorDraws:
         workload_sd=float(priors["workload_sd"]),
         regime=_regime_draws(artifact.get("regime")),
         stall=_stall_draws(artifact.get("stall")),
+        host=None if artifact.get("host") is None else posterior_draws(artifact["host"]),
     )
 
 

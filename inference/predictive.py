@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.basis import host_bound_step_us
+
 
 def slow_probability(p_max, threshold, width: float, running):
     """P(slow step) = p_max · sigmoid((running − threshold) / width); broadcasts.
@@ -106,6 +108,7 @@ class PosteriorDraws:
     workload_sd: float
     regime: RegimeDraws | None = None
     stall: StallDraws | None = None
+    host: PosteriorDraws | None = None  # the scheduler regression of a host-bound cycle fit
 
     PER_DRAW = (
         "log_beta_population",
@@ -125,12 +128,14 @@ class PosteriorDraws:
         """A random subset of ``n`` draws (all of them when there are fewer)."""
         if n >= self.n_draws:
             return self
-        keep = np.sort(rng.choice(self.n_draws, size=n, replace=False))
+        return self.take(np.sort(rng.choice(self.n_draws, size=n, replace=False)))
+
+    def take(self, keep: np.ndarray) -> PosteriorDraws:
+        """The draws at positions ``keep`` (the same ones of every part)."""
         changes = {name: getattr(self, name)[keep] for name in self.PER_DRAW}
-        if self.regime is not None:
-            changes["regime"] = self.regime.take(keep)
-        if self.stall is not None:
-            changes["stall"] = self.stall.take(keep)
+        for part in ("regime", "stall", "host"):
+            if getattr(self, part) is not None:
+                changes[part] = getattr(self, part).take(keep)
         return PosteriorDraws(**{**self.__dict__, **changes})
 
 
@@ -195,6 +200,7 @@ def predictive_draws(
     rng: np.random.Generator,
     running_reqs: np.ndarray | None = None,
     gap_composition: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    host_bases: np.ndarray | None = None,
 ) -> np.ndarray:
     """Posterior predictive step times (µs), (draw, row): parameter and noise uncertainty.
 
@@ -202,20 +208,37 @@ def predictive_draws(
     prefill chunk, Binomial(gap − 1, share), from ``gap_composition`` = (prefill share,
     prefill bases, decode bases); without it the untraced steps are copies of the row's
     own. With a stall component one of a gap's steps stalls with prob. 1 − (1 − rate)^gap.
-    ``running_reqs`` is needed only by fits with a scheduler regime.
+    ``running_reqs`` is needed by fits with a scheduler regime, ``host_bases`` (the
+    scheduler bases of the rows) by host-bound cycle fits: each step's scheduler time is
+    drawn from the fit's host regression — one draw for the traced step, one for the rest
+    of its gap — and the step lasts :func:`models.basis.host_bound_step_us` of the two.
     """
     gap_steps = np.asarray(gap_steps, dtype=float)
     untraced = gap_steps - 1.0
     if gap_composition is None:
         (own,) = mean_draws(draws, (bases,), model, architecture, workload, rng)
-        mean = own
+        prefill = decode = own
+        k = np.zeros(own.shape)
     else:
         share, prefill_bases, decode_bases = gap_composition
         own, prefill, decode = mean_draws(
             draws, (bases, prefill_bases, decode_bases), model, architecture, workload, rng
         )
         k = rng.binomial(untraced.astype(int), share, size=own.shape)
-        mean = (own + k * prefill + (untraced - k) * decode) / gap_steps
+    if draws.host is not None:
+        if host_bases is None or running_reqs is None:
+            raise ValueError("this fit prices host-bound steps: pass host_bases and running_reqs")
+        single = np.ones(len(gap_steps))
+        traced_host, gap_host = (
+            predictive_draws(
+                draws.host, host_bases, model, architecture, workload, single, rng, running_reqs
+            )
+            for _ in range(2)
+        )
+        own = host_bound_step_us(own, traced_host)
+        prefill = host_bound_step_us(prefill, gap_host)
+        decode = host_bound_step_us(decode, gap_host)
+    mean = (own + k * prefill + (untraced - k) * decode) / gap_steps
     log_mean = np.log(mean)
     sigma = np.empty_like(log_mean)
     model = np.asarray(model, dtype=str)
@@ -261,6 +284,7 @@ def design_predictive(draws: PosteriorDraws, design, rng: np.random.Generator) -
         rng,
         running_reqs=design.running_reqs,
         gap_composition=(design.prefill_share, design.prefill_bases, design.decode_bases),
+        host_bases=None if design.host is None else design.host.bases,
     )
 
 

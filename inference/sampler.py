@@ -22,6 +22,13 @@ slow_sigma_m,d instead of σ_d (:class:`inference.predictive.RegimeDraws`; an un
 draws its threshold and jump through the hyperprior with
 :meth:`~inference.predictive.RegimeDraws.for_model`). Every path below includes it.
 
+A ``cycle`` artifact with a ``host`` section (a ``--host-bound`` fit) carries the
+scheduler's regression as a nested ``schedule`` artifact: every path draws the step's
+scheduler time from it as above and the step lasts
+:func:`models.basis.host_bound_step_us` of the GPU time and that scheduler time, before
+the cycle's own noise. The two regressions' posteriors are independent (their likelihoods
+share no parameter), so their draws are combined independently.
+
 A model seen in the fit uses its own β draws; an unseen one (given by a config.json and
 TP) draws them through the hyperprior (population + MoE offset + model_sd · z), a
 workload the fit never saw draws ω from N(0, workload_sd). Those hyperprior draws are
@@ -39,7 +46,7 @@ import math
 import warnings
 import zlib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +73,7 @@ from inference.predictive import (
     workload_draws,
 )
 from models import basis as _basis
-from models.basis import BASIS_SET_VERSION, BatchFeatures, evaluate_bases
+from models.basis import BASIS_SET_VERSION, BatchFeatures, evaluate_bases, host_bound_step_us
 
 DEFAULT_QUANTILES = (0.05, 0.5, 0.95)
 PREDICT_SAMPLES = 1024  # at least this many fixed samples (R per draw) behind predict()
@@ -261,6 +268,7 @@ class Context:
     regime: RegimeContext | None = None  # the scheduler's slow regime, when the fit has one
     stall: StallDraws | None = None  # rare stalls (cycle fits); eps already includes them
     stall_central: StallDraws | None = None  # the same at the central parameters
+    host: Context | None = None  # the scheduler's context of a host-bound cycle artifact
 
     def bases(self, x: BatchFeatures) -> np.ndarray:
         """(steps, basis) basis matrix by the reference numpy functions."""
@@ -272,6 +280,17 @@ class Context:
             return np.array([fn(features) for fn in self.fast_bases])
         x = BatchFeatures(*(np.array([v]) for v in features))
         return self.bases(x)[0]
+
+
+@dataclass(frozen=True)
+class Bases:
+    """Basis rows of a batch: the artifact's own and, for a host-bound one, the scheduler's."""
+
+    own: np.ndarray  # (steps, basis)
+    host: np.ndarray | None = None  # (steps, host basis)
+
+    def rows(self, index: slice) -> Bases:
+        return Bases(self.own[index], None if self.host is None else self.host[index])
 
 
 def _stable_seed(*parts: object) -> int:
@@ -311,6 +330,10 @@ class StepTimeSampler:
         self.target: str = artifact["target"]
         self.basis_names: tuple[str, ...] = tuple(artifact["basis_names"])
         self.draws: PosteriorDraws = posterior_draws(artifact)
+        self.host: StepTimeSampler | None = None
+        if artifact.get("host") is not None:
+            self.host = StepTimeSampler(artifact["host"], source=f"{source} host")
+            self.draws = replace(self.draws, host=self.host.draws)
         self.hardware = HardwareSpec(
             **{k: artifact["hardware"][k] for k in HardwareSpec.__dataclass_fields__}
         )
@@ -460,13 +483,15 @@ class StepTimeSampler:
             ),
         )
         context.fast_bases = self._checked_fast_bases(context)
-        if regime is not None:
-            return context  # point() is the exact one: the mixture is not linear in b
+        if self.host is not None:
+            context.host = self.host.context(spec, tp, workload, as_unseen=as_unseen)
+        if regime is not None or context.host is not None:
+            return context  # point() is the exact one: neither is linear in the bases
         # effective coefficients of the fast point: relative least squares of the exact
         # MAPE-optimal point on probe steps (starting from the posterior mean)
         x = probe_features()
         probes = context.bases(x)
-        exact = _point(self._samples(context, probes, x.running_reqs))
+        exact = _point(self._samples(context, Bases(probes), x.running_reqs))
         scaled = probes / exact[:, None]
         fitted, *_ = np.linalg.lstsq(scaled, np.ones(len(exact)), rcond=None)
         if np.all(np.isfinite(fitted)) and np.median(np.abs(scaled @ fitted - 1)) < np.median(
@@ -500,36 +525,44 @@ class StepTimeSampler:
             return False
         return all(np.ndim(v) == 0 for v in batch.values())
 
-    def _batch_bases(self, context: Context, batch: Any) -> tuple[np.ndarray, np.ndarray, bool]:
-        """(steps, basis) bases, (steps,) running requests, and whether the batch was one
-        step given as scalars."""
+    def _batch_bases(self, context: Context, batch: Any) -> tuple[Bases, np.ndarray, bool]:
+        """(steps, basis) bases — with the scheduler's for a host-bound artifact — (steps,)
+        running requests, and whether the batch was one step given as scalars."""
         if isinstance(batch, BatchFeatures):
-            return context.bases(batch), batch.running_reqs, False
-        if self._is_single(batch):
+            x, single = batch, False
+        elif self._is_single(batch):
             f = scalar_features(batch)
-            return context.step_bases(f)[None, :], np.array([f[5]]), True
-        x = BatchFeatures.from_mapping(batch)
-        return context.bases(x), x.running_reqs, False
+            host = None if context.host is None else context.host.step_bases(f)[None, :]
+            return Bases(context.step_bases(f)[None, :], host), np.array([f[5]]), True
+        else:
+            x, single = BatchFeatures.from_mapping(batch), False
+        host = None if context.host is None else context.host.bases(x)
+        return Bases(context.bases(x), host), x.running_reqs, single
 
-    def _samples(self, context: Context, bases: np.ndarray, running: np.ndarray) -> np.ndarray:
+    def _samples(self, context: Context, bases: Bases, running: np.ndarray) -> np.ndarray:
         """(steps, R·draw) fixed predictive samples of each row."""
-        mean = bases @ context.beta.T  # (steps, draw)
+        mean = bases.own @ context.beta.T  # (steps, draw)
         regime = context.regime
         if regime is None:
             noise = context.eps[None, :, :]
         else:
             slow = regime.uniform[None, :, :] < regime.p_slow(running)[:, None, :]
             noise = np.where(slow, regime.eps_slow[None, :, :], context.eps[None, :, :])
-        return (mean[:, None, :] * noise).reshape(bases.shape[0], -1)
+        steps = mean.shape[0]
+        mean = mean[:, None, :]
+        if context.host is not None:
+            host = self.host._samples(context.host, Bases(bases.host), running)
+            mean = host_bound_step_us(mean, host.reshape(steps, *context.eps.shape))
+        return (mean * noise).reshape(steps, -1)
 
     def _summaries(
-        self, ctx: Context, bases: np.ndarray, running: np.ndarray, qs: np.ndarray, chunk: int
+        self, ctx: Context, bases: Bases, running: np.ndarray, qs: np.ndarray, chunk: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(point, mean, quantiles (steps, q)) of the fixed samples, ``chunk`` rows at a time."""
         parts = []
-        for start in range(0, bases.shape[0], chunk):
+        for start in range(0, bases.own.shape[0], chunk):
             rows = slice(start, start + chunk)
-            s = np.sort(self._samples(ctx, bases[rows], running[rows]), axis=-1)
+            s = np.sort(self._samples(ctx, bases.rows(rows), running[rows]), axis=-1)
             parts.append((_point(s), s.mean(axis=-1), _order_stats(s, qs)))
         return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))
 
@@ -561,7 +594,7 @@ class StepTimeSampler:
         :meth:`predict_frame` is the estimator's exact, unclipped predictive.
         """
         ctx = self.context(model, tp, workload, model_config=model_config, as_unseen=as_unseen)
-        if not isinstance(batch, BatchFeatures) and self._is_single(batch):
+        if ctx.host is None and not isinstance(batch, BatchFeatures) and self._is_single(batch):
             f = scalar_features(batch)
             return self._predict_one(ctx, ctx.step_bases(f), f[5], quantiles)
         bases, running, single = self._batch_bases(ctx, batch)
@@ -637,10 +670,10 @@ class StepTimeSampler:
         """
         ctx = self.context(model, tp, workload, model_config=model_config, as_unseen=as_unseen)
         bases, running, single = self._batch_bases(ctx, batch)
-        if ctx.regime is not None:
+        if ctx.regime is not None or ctx.host is not None:
             out = self._summaries(ctx, bases, running, np.empty(0), 2048)[0]
         else:
-            out = bases @ ctx.beta_point
+            out = bases.own @ ctx.beta_point
         return float(out[0]) if single else out
 
     def sample(
@@ -672,6 +705,21 @@ class StepTimeSampler:
         """
         ctx = self.context(model, tp, workload, model_config=model_config, as_unseen=as_unseen)
         bases, running, single = self._batch_bases(ctx, batch)
+        out = self._sample_context(ctx, bases, running, n, rng, parameter_uncertainty, step_noise)
+        return out[:, 0] if single else out
+
+    def _sample_context(
+        self,
+        ctx: Context,
+        all_bases: Bases,
+        running: np.ndarray,
+        n: int,
+        rng: np.random.Generator,
+        parameter_uncertainty: bool,
+        step_noise: bool,
+    ) -> np.ndarray:
+        """:meth:`sample` for one context's bases: (n, steps)."""
+        bases = all_bases.own
         regime = ctx.regime
         if parameter_uncertainty:
             index = rng.integers(0, ctx.beta.shape[0], size=n)
@@ -686,6 +734,11 @@ class StepTimeSampler:
             if regime is not None:
                 threshold, jump = regime.threshold_central, regime.jump_central
                 slow_sigma, p_max = regime.slow_sigma_central, regime.p_max_central
+        if ctx.host is not None:
+            scheduler = self.host._sample_context(
+                ctx.host, Bases(all_bases.host), running, n, rng, parameter_uncertainty, step_noise
+            )
+            mean = host_bound_step_us(mean, scheduler)
         stall = ctx.stall if parameter_uncertainty else ctx.stall_central
         if stall is not None:
             stall = stall.take(index) if parameter_uncertainty else stall
@@ -698,7 +751,7 @@ class StepTimeSampler:
         if regime is None:
             if step_noise:
                 mean *= np.exp(sigma * rng.standard_t(np.broadcast_to(nu, mean.shape)))
-            return mean[:, 0] if single else mean
+            return mean
         p_slow = np.broadcast_to(
             slow_probability(p_max, threshold, regime.width, running[None, :]), mean.shape
         )
@@ -708,7 +761,7 @@ class StepTimeSampler:
             mean *= np.exp(np.where(slow, jump + slow_sigma * t, sigma * t))
         else:
             mean *= 1.0 + p_slow * np.expm1(jump)
-        return mean[:, 0] if single else mean
+        return mean
 
     def run_draw(
         self,
@@ -750,7 +803,13 @@ class StepTimeSampler:
         for name in set(steps["model"].unique()) - set(all_specs):
             all_specs[name] = get_model_spec(name)
         design = build_design(
-            steps, self.target, self.basis_names, all_specs, self.hardware, rows=rows
+            steps,
+            self.target,
+            self.basis_names,
+            all_specs,
+            self.hardware,
+            rows=rows,
+            host_basis_names=None if self.host is None else self.host.basis_names,
         )
         rng = np.random.default_rng(seed)
         draws = self.draws.thin(n_draws, rng)
@@ -823,6 +882,9 @@ class RunSampler:
                 self._slow_pool = (slow * (math.exp(self.jump) / slow.mean()) * stalls).tolist()
         self._picks: list[int] = []
         self._uniforms: list[float] = []
+        self.host = None  # the scheduler's run of a host-bound artifact: its own draw
+        if context.host is not None:
+            self.host = RunSampler(context.host, rng, parameter_uncertainty, step_noise)
 
     def p_slow(self, running_reqs: float) -> float:
         """P(slow step) at this running-queue depth (0 without a regime)."""
@@ -854,6 +916,8 @@ class RunSampler:
             )
         else:
             mean = float(ctx.step_bases(f) @ self.beta)
+        if self.host is not None:
+            mean = host_bound_step_us(mean, self.host(batch))
         if not self.has_regime:
             return mean * self._noise() if self.step_noise else mean * self.stall_factor
         p_slow = self.p_slow(f[5])

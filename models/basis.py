@@ -36,6 +36,11 @@ NOMINAL_SCHED_TOKEN_US = 0.1
 NOMINAL_SCHED_BLOCK_US = 1.0
 NOMINAL_SCHED_ADMIT_US = 20.0
 NOMINAL_SCHED_HASH_US_PER_TOKEN = 0.05
+# A step the scheduler holds up lasts its CPU time plus building inputs and launching.
+NOMINAL_HOST_LAUNCH_US = 50.0
+# Soft max of GPU and host time: at equal times 2^(1/6) = 1.12 × either, the expected max
+# of two times of which one carries ~0.3 log-sd of noise (the traced scheduler's jitter).
+HOST_OVERLAP_POWER = 6.0
 
 
 @dataclass(frozen=True)
@@ -304,6 +309,23 @@ def sched_prefix_hash_us(
 ) -> np.ndarray:
     """Prefix-cache hashing of prefill tokens (nominal 0.05 µs per token)."""
     return x.prefill_tokens * NOMINAL_SCHED_HASH_US_PER_TOKEN
+
+
+def host_bound_step_us(gpu_us, schedule_us):
+    """Step time when the scheduler's CPU work overlaps the GPU's forward pass:
+    a soft max of the GPU time and the scheduler time plus launch (µs).
+
+    vLLM schedules step n + 1 while step n runs, so a step lasts the longer of the two;
+    at large queues the scheduler's slow regime makes it the longer one. Written as
+    longer · (1 + (shorter/longer)^p)^(1/p), which cannot overflow, with plain operators
+    only, so the same function serves numpy arrays and PyTensor graphs.
+    """
+    host = schedule_us + NOMINAL_HOST_LAUNCH_US
+    spread = abs(gpu_us - host)
+    longer = 0.5 * (gpu_us + host + spread)
+    shorter = 0.5 * (gpu_us + host - spread)
+    ratio = shorter / longer
+    return longer * (1.0 + ratio**HOST_OVERLAP_POWER) ** (1.0 / HOST_OVERLAP_POWER)
 
 
 BasisFunction = Callable[[BatchFeatures, ModelSpec, HardwareSpec, int], np.ndarray]

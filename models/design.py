@@ -5,21 +5,54 @@ the sampled one; only the first of them was traced. The design carries what the
 likelihood needs to marginalise over the untraced rest: the traced step's own bases, a
 typical prefill step and a typical decode-only step of the neighbourhood, and the
 local share of steps with a prefill chunk. ``schedule`` observations are single steps.
+
+A cycle design may also carry a **host** part: the scheduler bases of each row and the
+scheduler CPU times traced on it and on its neighbours, so that a step the scheduler
+holds up (cycle = schedule + launch, not the GPU's forward pass) is priced as such.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 
-from data_prep.schema import CYCLE_GAP, TARGETS
+from data_prep.schema import CYCLE_GAP, SCHEDULE_TARGET, TARGETS
 from data_prep.specs import HardwareSpec, ModelSpec
 from models.basis import BatchFeatures, evaluate_bases
 
 NEIGHBOUR_WINDOW = 5  # sampled steps on each side that describe a gap's untraced steps
 SHARE_PRIOR_STEPS = 2.0  # pseudo-steps of the run-level prefill share in the local share
+
+
+@dataclass(frozen=True)
+class HostDesign:
+    """The scheduler side of cycle rows: its bases and the traced scheduler CPU times.
+
+    ``schedule_us`` is the traced step's own ``step.duration_us``; ``neighbour_schedule_us``
+    the mean over its sampled neighbours (same run, itself excluded), which stands for the
+    gap's untraced steps the way the GPU templates do.
+    """
+
+    bases: np.ndarray  # (rows, host bases), µs at nominal scheduler costs
+    basis_names: tuple[str, ...]
+    schedule_us: np.ndarray
+    neighbour_schedule_us: np.ndarray
+
+    def as_schedule_design(self, design: Design) -> Design:
+        """The rows as single-step ``schedule`` observations, to fit the host regression."""
+        return replace(
+            design,
+            bases=self.bases,
+            basis_names=self.basis_names,
+            gap_steps=np.ones(len(design)),
+            y=self.schedule_us,
+            prefill_share=np.zeros(len(design)),
+            prefill_bases=self.bases,
+            decode_bases=self.bases,
+            host=None,
+        )
 
 
 @dataclass(frozen=True)
@@ -37,6 +70,7 @@ class Design:
     prefill_share: np.ndarray  # P(an untraced step of the gap carries a prefill chunk)
     prefill_bases: np.ndarray  # (rows, bases) typical untraced prefill step
     decode_bases: np.ndarray  # (rows, bases) typical untraced decode-only step
+    host: HostDesign | None = None  # scheduler part of a host-bound cycle design
 
     def __len__(self) -> int:
         return self.bases.shape[0]
@@ -109,6 +143,23 @@ def gap_templates(
     return out_share, out_pre, out_dec
 
 
+def neighbour_mean(
+    values: np.ndarray, steps: pd.DataFrame, window: int = NEIGHBOUR_WINDOW
+) -> np.ndarray:
+    """Mean of ``values`` over each row's ``window`` sampled neighbours on each side (same
+    run, the row itself excluded); the row's own value where it has none."""
+    runs = steps["experiment_id"].to_numpy()
+    order = np.lexsort((steps["step.id"].to_numpy(dtype=float), runs))
+    frame = pd.DataFrame({"v": values[order], "n": np.isfinite(values[order]).astype(float)})
+    frame["v"] = frame["v"].where(frame["n"] > 0, 0.0)
+    rolling = frame.groupby(runs[order]).rolling(2 * window + 1, center=True, min_periods=1)
+    sums = rolling.sum().reset_index(level=0, drop=True).sort_index().to_numpy() - frame.to_numpy()
+    mean = np.where(sums[:, 1] > 0, sums[:, 0] / np.maximum(sums[:, 1], 1.0), values[order])
+    out = np.empty(len(values))
+    out[order] = mean
+    return out
+
+
 def build_design(
     steps: pd.DataFrame,
     target: str,
@@ -116,8 +167,12 @@ def build_design(
     specs: dict[str, ModelSpec],
     hardware: HardwareSpec,
     rows: np.ndarray | None = None,
+    host_basis_names: tuple[str, ...] | None = None,
 ) -> Design:
-    """Design for ``steps[rows]`` (all rows by default), using the whole frame for gaps."""
+    """Design for ``steps[rows]`` (all rows by default), using the whole frame for gaps.
+
+    ``host_basis_names`` (cycle only) adds the host part (see :class:`HostDesign`).
+    """
     bases = step_bases(steps, basis_names, specs, hardware)
     y_column = TARGETS[target]
     if target == "cycle":
@@ -132,7 +187,19 @@ def build_design(
     architecture = np.array(
         [specs[m].architecture for m in steps["model"].to_numpy()], dtype=object
     )
+    host = None
+    if host_basis_names is not None:
+        if target != "cycle":
+            raise ValueError("a host part belongs to cycle designs only")
+        traced = steps[SCHEDULE_TARGET].to_numpy(dtype=float, na_value=np.nan)
+        host = HostDesign(
+            bases=step_bases(steps, tuple(host_basis_names), specs, hardware)[rows],
+            basis_names=tuple(host_basis_names),
+            schedule_us=traced[rows],
+            neighbour_schedule_us=neighbour_mean(traced, steps)[rows],
+        )
     return Design(
+        host=host,
         bases=bases[rows],
         basis_names=tuple(basis_names),
         model=steps["model"].to_numpy(dtype=object)[rows],

@@ -30,8 +30,9 @@ import pymc as pm
 import pytensor.tensor as pt
 from scipy.stats import binom
 
+from models.basis import host_bound_step_us
 from models.design import Design
-from models.priors import PriorConfig, StallPrior
+from models.priors import HOST_MODEL, PriorConfig, StallPrior
 
 UNTRACED_PREFILL_MAX = 2  # mixture components: 0, 1, "2 or more" untraced prefill steps
 
@@ -66,9 +67,38 @@ class GroupCoords:
 
 
 def build_model(design: Design, priors: PriorConfig, coords: GroupCoords) -> pm.Model:
-    """PyMC model of ``design`` (which must carry observations)."""
+    """PyMC model of ``design`` (which must carry observations).
+
+    With ``priors.host`` (cycle only) the model also holds the scheduler regression of the
+    host sub-model, fitted to the scheduler CPU times traced on the same rows; the cycle
+    likelihood prices each step as :func:`models.basis.host_bound_step_us` of its GPU time
+    and those traced scheduler times, and prediction draws them from the sub-model.
+    """
     if design.y is None:
         raise ValueError("the design has no observed target")
+    dims = {
+        "basis": list(design.basis_names),
+        "model": list(coords.models),
+        "workload": list(coords.workloads),
+    }
+    with pm.Model(coords=dims) as model:
+        add_step_time_likelihood(design, priors, coords)
+        if priors.host is not None:
+            if design.host is None:
+                raise ValueError("host priors need a design with a host part")
+            host_design = design.host.as_schedule_design(design)
+            if not np.all(np.isfinite(host_design.y) & (host_design.y > 0)):
+                raise ValueError("host-bound fits need a traced scheduler time on every row")
+            model.add_coord("host_basis", list(host_design.basis_names))
+            with pm.Model(name=HOST_MODEL):
+                add_step_time_likelihood(host_design, priors.host, coords, basis_dim="host_basis")
+    return model
+
+
+def add_step_time_likelihood(
+    design: Design, priors: PriorConfig, coords: GroupCoords, basis_dim: str = "basis"
+) -> None:
+    """Coefficients, noise and the likelihood of ``design`` in the current model context."""
     observed = np.log(design.y)
     coefficient_priors = priors.for_bases(design.basis_names)
     median = np.log([p.median for p in coefficient_priors])
@@ -79,78 +109,67 @@ def build_model(design: Design, priors: PriorConfig, coords: GroupCoords) -> pm.
     model_idx, workload_idx = coords.indices(design)
     noise = priors.noise
 
-    dims = {
-        "basis": list(design.basis_names),
-        "model": list(coords.models),
-        "workload": list(coords.workloads),
-    }
-    with pm.Model(coords=dims) as model:
-        u = pm.Normal("u_population", 0.0, 1.0, dims="basis")
-        log_beta_population = pm.Deterministic(
-            "log_beta_population", median + log_sd * u, dims="basis"
-        )
-        a = pm.Normal("a_moe", 0.0, 1.0, dims="basis")
-        z = pm.Normal("z_model", 0.0, 1.0, dims=("model", "basis"))
-        log_beta = pm.Deterministic(
-            "log_beta",
-            log_beta_population[None, :]
-            + is_moe[:, None] * (moe_sd * a)[None, :]
-            + model_sd[None, :] * z,
-            dims=("model", "basis"),
-        )
-        v = pm.Normal("v_workload", 0.0, 1.0, dims="workload")
-        workload_effect = pm.Deterministic(
-            "workload_effect", noise.workload_sd * v, dims="workload"
-        )
-        sigma_step = pm.HalfNormal("sigma_step", noise.step_sd, dims="model")
-        if np.any(design.gap_steps > 1):
-            sigma_floor = pm.HalfNormal("sigma_floor", noise.floor_sd, dims="model")
-        else:  # single-step observations cannot tell a floor from per-step jitter
-            sigma_floor = pm.Deterministic(
-                "sigma_floor", pt.zeros(len(coords.models)), dims="model"
-            )
-        nu_excess = pm.Gamma("nu_excess", alpha=2.0, beta=2.0 / noise.nu_mean)
-        nu = pm.Deterministic("nu", 2.0 + nu_excess)
+    u = pm.Normal("u_population", 0.0, 1.0, dims=basis_dim)
+    log_beta_population = pm.Deterministic(
+        "log_beta_population", median + log_sd * u, dims=basis_dim
+    )
+    a = pm.Normal("a_moe", 0.0, 1.0, dims=basis_dim)
+    z = pm.Normal("z_model", 0.0, 1.0, dims=("model", basis_dim))
+    log_beta = pm.Deterministic(
+        "log_beta",
+        log_beta_population[None, :]
+        + is_moe[:, None] * (moe_sd * a)[None, :]
+        + model_sd[None, :] * z,
+        dims=("model", basis_dim),
+    )
+    v = pm.Normal("v_workload", 0.0, 1.0, dims="workload")
+    workload_effect = pm.Deterministic("workload_effect", noise.workload_sd * v, dims="workload")
+    sigma_step = pm.HalfNormal("sigma_step", noise.step_sd, dims="model")
+    if np.any(design.gap_steps > 1):
+        sigma_floor = pm.HalfNormal("sigma_floor", noise.floor_sd, dims="model")
+    else:  # single-step observations cannot tell a floor from per-step jitter
+        sigma_floor = pm.Deterministic("sigma_floor", pt.zeros(len(coords.models)), dims="model")
+    nu_excess = pm.Gamma("nu_excess", alpha=2.0, beta=2.0 / noise.nu_mean)
+    nu = pm.Deterministic("nu", 2.0 + nu_excess)
 
-        beta = pt.exp(log_beta)
-        n_models = len(coords.models)
-        own = per_model_matvec(beta, design.bases, model_idx, n_models)
-        sigma = pt.sqrt(sigma_floor[model_idx] ** 2 + sigma_step[model_idx] ** 2 / design.gap_steps)
-        effect = workload_effect[workload_idx]
-        if priors.regime is not None:
-            add_regime_likelihood(
-                priors.regime, design, model_idx, pt.log(own) + effect, sigma, nu, observed
+    beta = pt.exp(log_beta)
+    n_models = len(coords.models)
+    scale = pt.exp(workload_effect[workload_idx])
+    own = per_model_matvec(beta, design.bases, model_idx, n_models) * scale
+    sigma = pt.sqrt(sigma_floor[model_idx] ** 2 + sigma_step[model_idx] ** 2 / design.gap_steps)
+    if priors.regime is not None:
+        add_regime_likelihood(priors.regime, design, model_idx, pt.log(own), sigma, nu, observed)
+        return
+    host = design.host if priors.host is not None else None
+    if host is not None:
+        own = host_bound_step_us(own, host.schedule_us)
+    weights, means = [np.ones(len(design))], [own]
+    if np.any(design.gap_steps > 1):
+        prefill = per_model_matvec(beta, design.prefill_bases, model_idx, n_models) * scale
+        decode = per_model_matvec(beta, design.decode_bases, model_idx, n_models) * scale
+        if host is not None:
+            prefill = host_bound_step_us(prefill, host.neighbour_schedule_us)
+            decode = host_bound_step_us(decode, host.neighbour_schedule_us)
+        weights, counts = gap_composition(design)
+        untraced = design.untraced_steps
+        means = [(own + c * prefill + (untraced - c) * decode) / design.gap_steps for c in counts.T]
+        # a floor, not 0: log(0) would make the mixture's gradient NaN
+        weights = list(np.maximum(weights, 1e-300).T)
+    components = [pm.StudentT.dist(nu=nu, mu=pt.log(mean), sigma=sigma) for mean in means]
+    if priors.stall is None:
+        if len(components) == 1:
+            pm.StudentT("log_y", nu=nu, mu=pt.log(own), sigma=sigma, observed=observed)
+        else:
+            pm.Mixture(
+                "log_y", w=pt.stack(weights, axis=-1), comp_dists=components, observed=observed
             )
-            return model
-        weights, means = [np.ones(len(design))], [own]
-        if np.any(design.gap_steps > 1):
-            prefill = per_model_matvec(beta, design.prefill_bases, model_idx, n_models)
-            decode = per_model_matvec(beta, design.decode_bases, model_idx, n_models)
-            weights, counts = gap_composition(design)
-            untraced = design.untraced_steps
-            means = [
-                (own + c * prefill + (untraced - c) * decode) / design.gap_steps for c in counts.T
-            ]
-            # a floor, not 0: log(0) would make the mixture's gradient NaN
-            weights = list(np.maximum(weights, 1e-300).T)
-        components = [
-            pm.StudentT.dist(nu=nu, mu=pt.log(mean) + effect, sigma=sigma) for mean in means
-        ]
-        if priors.stall is None:
-            if len(components) == 1:
-                pm.StudentT("log_y", nu=nu, mu=pt.log(own) + effect, sigma=sigma, observed=observed)
-            else:
-                pm.Mixture(
-                    "log_y", w=pt.stack(weights, axis=-1), comp_dists=components, observed=observed
-                )
-            return model
-        expected = sum(w * m for w, m in zip(weights, means, strict=True))
-        stall_weight, stall_component = stall_likelihood_component(
-            priors.stall, design.gap_steps, pt.log(expected) + effect, sigma, nu
-        )
-        w = pt.stack([(1.0 - stall_weight) * wk for wk in weights] + [stall_weight], axis=-1)
-        pm.Mixture("log_y", w=w, comp_dists=[*components, stall_component], observed=observed)
-    return model
+        return
+    expected = sum(w * m for w, m in zip(weights, means, strict=True))
+    stall_weight, stall_component = stall_likelihood_component(
+        priors.stall, design.gap_steps, pt.log(expected), sigma, nu
+    )
+    w = pt.stack([(1.0 - stall_weight) * wk for wk in weights] + [stall_weight], axis=-1)
+    pm.Mixture("log_y", w=w, comp_dists=[*components, stall_component], observed=observed)
 
 
 def gap_composition(

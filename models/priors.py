@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
+HOST_MODEL = "host"  # name (and variable prefix "host::") of a cycle fit's host sub-model
+
 
 @dataclass(frozen=True)
 class CoefficientPrior:
@@ -76,6 +78,8 @@ class PriorConfig:
     noise: NoisePrior = NoisePrior()
     regime: RegimePrior | None = None
     stall: StallPrior | None = None
+    # cycle fits only: priors of the scheduler regression that makes steps host-bound
+    host: PriorConfig | None = None
 
     def for_bases(self, names: tuple[str, ...] | list[str]) -> list[CoefficientPrior]:
         missing = [n for n in names if n not in self.coefficients]
@@ -93,13 +97,18 @@ class PriorConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PriorConfig:
-        regime, stall = data.get("regime"), data.get("stall")
+        regime, stall, host = data.get("regime"), data.get("stall"), data.get("host")
         return cls(
             coefficients={k: CoefficientPrior(**v) for k, v in data["coefficients"].items()},
             noise=NoisePrior(**data["noise"]),
             regime=None if regime is None else RegimePrior(**regime),
             stall=None if stall is None else StallPrior(**stall),
+            host=None if host is None else cls.from_dict(host),
         )
+
+    def with_host(self) -> PriorConfig:
+        """These priors plus the default scheduler regression for host-bound steps."""
+        return replace(self, host=DEFAULT_PRIORS["schedule"])
 
 
 DEFAULT_COEFFICIENT_PRIORS: dict[str, CoefficientPrior] = {

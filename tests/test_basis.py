@@ -126,3 +126,12 @@ def test_from_mapping_defaults_and_frame_columns():
         import pandas as pd
 
         basis.BatchFeatures.from_frame(pd.DataFrame({"batch.num_decode_reqs": [1]}))
+
+
+def test_host_bound_step_is_a_soft_max_of_gpu_and_scheduler_plus_launch():
+    gpu = np.array([10_000.0, 10_000.0, 100.0])
+    schedule = np.array([100.0, 10_000.0 - basis.NOMINAL_HOST_LAUNCH_US, 20_000.0])
+    got = basis.host_bound_step_us(gpu, schedule)
+    assert got[0] == pytest.approx(10_000.0, rel=1e-9)  # GPU-bound: the scheduler hides
+    assert got[1] == pytest.approx(10_000.0 * 2 ** (1 / 6))  # equal: the expected max of noisy
+    assert got[2] == pytest.approx(20_000.0 + basis.NOMINAL_HOST_LAUNCH_US)  # host-bound

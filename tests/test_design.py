@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from inference.predictive import PosteriorDraws, StallDraws, predictive_draws
-from models.design import gap_templates
+from models.design import gap_templates, neighbour_mean
 from models.hierarchical import gap_composition
 
 
@@ -38,6 +38,14 @@ def test_templates_never_mix_runs():
     share, prefill_tpl, decode_tpl = gap_templates(bases, steps, window=3)
     assert np.all(share[:4] == 0) and np.all(share[4:] == 1)
     assert np.all(decode_tpl[:4] == 0) and np.all(prefill_tpl[4:] == 900)
+
+
+def test_neighbour_schedule_excludes_the_row_and_stays_in_its_run():
+    steps = pd.concat([_run([0, 0, 0], "a"), _run([0, 0], "b"), _run([0], "c")])
+    steps = steps.reset_index(drop=True).iloc[::-1]  # row order must not matter
+    traced = np.array([1.0, 2.0, 4.0, 10.0, 30.0, 7.0])[::-1]
+    got = neighbour_mean(traced, steps, window=1)
+    np.testing.assert_allclose(got, np.array([2.0, 2.5, 2.0, 30.0, 10.0, 7.0])[::-1])
 
 
 class _Gaps:

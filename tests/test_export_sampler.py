@@ -64,7 +64,7 @@ def test_artifact_is_small_versioned_and_complete(tiny_fit):
     path = tiny_fit["artifact"]
     assert path.stat().st_size <= MAX_ARTIFACT_BYTES
     artifact = load_artifact(path)
-    assert artifact["format"] == "steptime-artifact" and artifact["version"] == 2
+    assert artifact["format"] == "steptime-artifact" and artifact["version"] == 3
     assert artifact["basis_names"] == list(tiny_fit["model"].basis_names)
     assert artifact["basis_constants"]["NOMINAL_STEP_OVERHEAD_US"] > 0
     assert set(artifact["groups"]["models"]) == {"llama-2-70b", "codellama-34b"}

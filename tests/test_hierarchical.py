@@ -8,6 +8,7 @@ from scipy import stats
 
 from inference.estimator import StepTimeModel
 from models.hierarchical import GroupCoords, build_model, per_model_matvec
+from models.priors import DEFAULT_PRIORS
 
 
 def test_per_model_matvec_equals_gathered_rows():
@@ -27,8 +28,17 @@ def cycle_design(tiny_steps):
     return model, design, GroupCoords.from_design(design)
 
 
-def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design):
-    estimator, design, coords = cycle_design
+@pytest.fixture(scope="module")
+def host_design(tiny_steps):
+    model = StepTimeModel(target="cycle", priors=DEFAULT_PRIORS["cycle"].with_host())
+    rows = tiny_steps["cycle_us"].notna().to_numpy()
+    design = model.design(tiny_steps, rows=rows)
+    return model, design, GroupCoords.from_design(design)
+
+
+@pytest.mark.parametrize("host_bound", [False, True])
+def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design, host_design, host_bound):
+    estimator, design, coords = host_design if host_bound else cycle_design
     pm_model = build_model(design, estimator.priors, coords)
     point = pm_model.initial_point()
     point = {k: v + 0.1 for k, v in point.items()}  # away from zeros
@@ -46,18 +56,24 @@ def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design):
     step = np.exp(point["sigma_step_log__"])
     model_idx, workload_idx = coords.indices(design)
     beta = np.exp(log_beta)[model_idx]
+    scale = np.exp(workload_effect[workload_idx])
     own, prefill, decode = (
-        np.sum(beta * b, axis=1) for b in (design.bases, design.prefill_bases, design.decode_bases)
+        np.sum(beta * b, axis=1) * scale
+        for b in (design.bases, design.prefill_bases, design.decode_bases)
     )
+    if host_bound:  # each step lasts the soft max of GPU time and traced scheduler + launch
+        host = design.host
+        own = soft_max_by_hand(own, host.schedule_us)
+        prefill = soft_max_by_hand(prefill, host.neighbour_schedule_us)
+        decode = soft_max_by_hand(decode, host.neighbour_schedule_us)
     g, p = design.gap_steps, design.prefill_share
     m = g - 1
     sigma = np.sqrt(floor[model_idx] ** 2 + step[model_idx] ** 2 / g)
-    effect = workload_effect[workload_idx]
     log_y = np.log(design.y)
 
     def component(k):  # k of the m untraced steps carry a prefill chunk
         mean = (own + k * prefill + (m - k) * decode) / g
-        return stats.t.logpdf(log_y, df=nu, loc=np.log(mean) + effect, scale=sigma)
+        return stats.t.logpdf(log_y, df=nu, loc=np.log(mean), scale=sigma)
 
     # k = 0, 1 exactly; "2 or more" at the binomial's conditional mean count
     w0, w1 = stats.binom.pmf(0, m, p), stats.binom.pmf(1, m, p)
@@ -72,7 +88,7 @@ def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design):
     stall = stats.t.logpdf(
         log_y,
         df=nu,
-        loc=np.log(average) + effect + np.log1p((jump - 1) / g),
+        loc=np.log(average) + np.log1p((jump - 1) / g),
         scale=np.sqrt(sigma**2 + (spread * jump / (g + jump - 1)) ** 2),
     )
     terms = [
@@ -81,6 +97,26 @@ def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design):
     ]
     expected = np.logaddexp.reduce([*terms, np.log(q) + stall], axis=0).sum()
     assert logp == pytest.approx(expected, rel=1e-9)
+
+
+def soft_max_by_hand(gpu_us: np.ndarray, schedule_us: np.ndarray) -> np.ndarray:
+    host = schedule_us + 50.0  # + the nominal launch
+    return (gpu_us**6 + host**6) ** (1 / 6)
+
+
+def test_host_sub_model_fits_the_traced_scheduler_times(host_design):
+    estimator, design, coords = host_design
+    pm_model = build_model(design, estimator.priors, coords)
+    observed = pm_model.rvs_to_values[pm_model["host::log_y"]]
+    np.testing.assert_allclose(observed.data, np.log(design.host.schedule_us))
+    assert "host::threshold" in pm_model.named_vars  # the scheduler's slow regime
+    assert pm_model.named_vars_to_dims["host::log_beta"] == ("model", "host_basis")
+
+
+def test_host_priors_need_a_host_design(cycle_design):
+    estimator, design, coords = cycle_design
+    with pytest.raises(ValueError, match="host part"):
+        build_model(design, estimator.priors.with_host(), coords)
 
 
 def test_prior_predictive_is_physically_plausible(cycle_design):
