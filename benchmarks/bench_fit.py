@@ -58,7 +58,20 @@ def main() -> None:
         f"fit wall time: {wall:.1f} s (sampling {attrs['sampling_seconds']} s, "
         f"rest = design + numba compile)"
     )
+    print(gradients_per_draw(model.idata_))
     print(format_convergence(convergence_summary(model.idata_)))
+
+
+def gradients_per_draw(idata) -> str:
+    """Mean leapfrog steps (log density gradients) per draw, in warm-up and sampling: with
+    the time of one gradient this is where a fit's wall time goes."""
+    phases = [("warm-up", "warmup_sample_stats"), ("sampling", "sample_stats")]
+    parts = [
+        f"{label} {float(idata[group]['n_steps'].mean()):.0f}"
+        for label, group in phases
+        if group in idata.groups() and "n_steps" in idata[group]
+    ]
+    return "gradients per draw: " + (", ".join(parts) or "not recorded by this sampler")
 
 
 if __name__ == "__main__":
