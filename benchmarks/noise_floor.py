@@ -38,6 +38,7 @@ def log_bins(values: pd.Series, per_octave: int) -> np.ndarray:
 
 
 def cells(steps: pd.DataFrame, target: str, running_bin: int) -> list:
+    """Group keys of near-identical batches for ``target`` (see the module docstring)."""
     if target == "schedule":
         return [
             steps["model"],
@@ -57,9 +58,10 @@ def cells(steps: pd.DataFrame, target: str, running_bin: int) -> list:
 
 def cell_ape(
     steps: pd.DataFrame, target: str, running_bin: int, fit: np.ndarray, score: np.ndarray
-) -> pd.Series:
+) -> tuple[pd.Series, int]:
     """Absolute percentage error (%) of each ``score`` row against the best constant of
-    its cell over the ``fit`` rows; NaN where the cell has no ``fit`` row."""
+    its cell over the ``fit`` rows (NaN where the cell has no ``fit`` row), and how many
+    cells the ``fit`` rows fill."""
     y = steps[f"{target}_us"]
     cell = steps.groupby(cells(steps, target, running_bin)).ngroup()
     best = {
@@ -67,7 +69,7 @@ def cell_ape(
         for key, part in y[fit].groupby(cell[fit])
     }
     point = cell[score].map(best)
-    return (point - y[score]).abs() / y[score] * 100.0
+    return (point - y[score]).abs() / y[score] * 100.0, len(best)
 
 
 def main() -> None:
@@ -89,8 +91,7 @@ def main() -> None:
     else:
         fit = score = has_target
         label = "in-sample"
-    ape = cell_ape(steps, args.target, args.bin, fit, score)
-    n_cells = steps[fit].groupby(cells(steps[fit], args.target, args.bin)).ngroups
+    ape, n_cells = cell_ape(steps, args.target, args.bin, fit, score)
     unscored = int(ape.isna().sum())
     ape = ape.dropna()
     print(f"target: {args.target}, cells: {n_cells}, rows scored: {ape.size}", end="")
