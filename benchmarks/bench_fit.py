@@ -55,8 +55,9 @@ def main() -> None:
         f"chains × draws: {args.chains} × {args.draws} (+{args.draws} tune)"
     )
     print(
-        f"fit wall time: {wall:.1f} s (sampling {attrs['sampling_seconds']} s, "
-        f"rest = design + numba compile)"
+        f"fit wall time: {wall:.1f} s (of which mode + curvature "
+        f"{attrs.get('laplace_seconds', 0)} s; NUTS with its numba compile "
+        f"{attrs['sampling_seconds'] - attrs.get('laplace_seconds', 0):.1f} s; rest = design)"
     )
     print(gradients_per_draw(model.idata_))
     print(format_convergence(convergence_summary(model.idata_)))

@@ -8,6 +8,7 @@ InferenceData with labelled dims, one folder on disk.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from data_prep.specs import (
     get_model_spec,
     load_hardware,
 )
+from inference.laplace import drop_whitened, laplace_frame, whitened_model
 from inference.predictive import (
     PosteriorDraws,
     RegimeDraws,
@@ -158,9 +160,9 @@ class StepTimeModel:
     ) -> StepTimeModel:
         """Sample the posterior by NUTS on ``steps[rows]`` (rows with a target only).
 
-        ``init="map"`` starts every chain at the posterior mode found by L-BFGS (see
-        :func:`posterior_mode`); ``"support_point"`` jitters them around the priors'
-        centres, as nutpie does by default.
+        ``init="map"`` samples around the posterior mode found by L-BFGS, in coordinates
+        whitened by its curvature (see :mod:`inference.laplace`); ``"support_point"``
+        jitters the chains around the priors' centres, as nutpie does by default.
         """
         from models.hierarchical import GroupCoords, build_model
 
@@ -361,25 +363,56 @@ def sample_nuts(
     target_accept: float = 0.95,
     init: str = "map",
 ) -> az.InferenceData:
-    """NUTS through nutpie (numba-compiled) or, as the fallback, PyMC's own sampler."""
-    if sampler == "nutpie":
-        try:
-            import nutpie
-        except ImportError:
-            print("nutpie is not installed; falling back to PyMC's NUTS", file=sys.stderr)
-            sampler = "pymc"
+    """NUTS through nutpie (numba-compiled) or, as the fallback, PyMC's own sampler.
+
+    ``init="map"`` samples in coordinates whitened at the posterior mode (see
+    :mod:`inference.laplace`), every chain starting a small seeded offset from the mode.
+    """
+    if sampler == "nutpie" and importlib.util.find_spec("nutpie") is None:
+        print("nutpie is not installed; falling back to PyMC's NUTS", file=sys.stderr)
+        sampler = "pymc"
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"unknown sampler {sampler!r}; use 'nutpie' or 'pymc'")
     if init not in ("map", "support_point"):
         raise ValueError(f"unknown init {init!r}; use 'map' or 'support_point'")
-    start = posterior_mode(pm_model, seed, progressbar) if init == "map" else None
+    if init == "map":
+        started = time.perf_counter()
+        frame = laplace_frame(pm_model, seed, progressbar)
+        laplace_seconds = time.perf_counter() - started
+        idata = _run_sampler(
+            whitened_model(pm_model, frame),
+            draws,
+            tune,
+            chains,
+            seed,
+            sampler,
+            progressbar,
+            target_accept,
+            jitter=START_JITTER,
+        )
+        idata = drop_whitened(idata)
+        idata.posterior.attrs["laplace_condition_number"] = frame.condition_number
+        idata.posterior.attrs["laplace_seconds"] = round(laplace_seconds, 2)
+        return idata
+    return _run_sampler(
+        pm_model, draws, tune, chains, seed, sampler, progressbar, target_accept, jitter=None
+    )
+
+
+def _run_sampler(
+    pm_model, draws, tune, chains, seed, sampler, progressbar, target_accept, jitter
+) -> az.InferenceData:
+    """``jitter``: the sd of each chain's seeded offset from the model's initial point, or
+    None for the sampler's own jitter around the priors' centres."""
     if sampler == "nutpie":
-        if start is None:
+        import nutpie
+
+        if jitter is None:
             compiled = nutpie.compile_pymc_model(pm_model)
         else:
-            compiled = nutpie.compile_pymc_model(pm_model, initial_points=start, jitter_rvs=set())
+            compiled = nutpie.compile_pymc_model(pm_model, jitter_rvs=set())
             compiled = replace(
-                compiled, initial_point_func=starts_near(compiled.initial_point_func, START_JITTER)
+                compiled, initial_point_func=starts_near(compiled.initial_point_func, jitter)
             )
         return nutpie.sample(
             compiled,
@@ -402,13 +435,13 @@ def sample_nuts(
             cores=min(chains, 2),
             random_seed=seed,
             progressbar=progressbar,
-            init="adapt_diag" if start else "jitter+adapt_diag",  # PyMC's jitter is ±1
-            initvals=start,
+            init="jitter+adapt_diag" if jitter is None else "adapt_diag",  # PyMC's jitter is ±1
+            initvals=None if jitter is None else pm_model.initial_point(),
             target_accept=target_accept,
         )
 
 
-START_JITTER = 0.05  # sd of each chain's offset from the mode, in unconstrained space
+START_JITTER = 0.05  # sd of each chain's offset from the mode, in whitened units
 
 
 def starts_near(
@@ -422,21 +455,3 @@ def starts_near(
         return start + scale * np.random.default_rng(seed).standard_normal(start.shape)
 
     return offset_start
-
-
-def posterior_mode(pm_model, seed: int, progressbar: bool = True) -> dict[str, np.ndarray]:
-    """The posterior mode by L-BFGS from the priors' centres, where every chain starts.
-
-    The mixture likelihood has a secondary mode that holds no posterior mass but traps
-    chains: on the real temporal split a chain started from the usual ±1 jitter (around
-    the priors' centres or around this mode alike) climbed into it during warm-up and
-    stayed, 24 nats below the other chain, with CodeLlama-34B's GEMM cost doubled (max
-    R-hat 1.83). Chains start at small seeded offsets from the mode and separate through
-    their own momenta; R-hat still measures their mixing, not a search for other modes.
-    """
-    import pymc as pm
-
-    if progressbar:
-        print("finding the posterior mode to start the chains (L-BFGS)", file=sys.stderr)
-    mode = pm.find_MAP(model=pm_model, progressbar=False, seed=seed)
-    return {rv.name: np.asarray(mode[rv.name]) for rv in pm_model.free_RVs}

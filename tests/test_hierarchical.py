@@ -1,12 +1,16 @@
 """The PyMC model: its likelihood equals a hand computation, and its priors are plausible."""
 
+import functools
+
 import numpy as np
 import pymc as pm
+import pytensor
 import pytensor.tensor as pt
 import pytest
 from scipy import stats
 
 from inference.estimator import StepTimeModel
+from inference.laplace import CURVATURE_FLOOR
 from models.hierarchical import GroupCoords, build_model, per_model_matvec
 from models.priors import DEFAULT_PRIORS
 
@@ -144,22 +148,83 @@ def test_single_step_target_has_no_separate_noise_floor(tiny_steps):
     assert {"u_threshold", "z_jump", "p_max"} <= free  # the scheduler's regime mixture
 
 
-def test_chains_start_from_the_posterior_mode(cycle_design):
-    from inference.estimator import posterior_mode, sample_nuts
+@pytest.fixture(scope="module")
+def laplace(host_design):
+    from inference.laplace import laplace_frame
+
+    estimator, design, coords = host_design
+    pm_model = build_model(design, estimator.priors, coords)
+    return pm_model, laplace_frame(pm_model, seed=0, progressbar=False)
+
+
+@functools.cache
+def _shapes(pm_model) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    start = pm_model.initial_point()
+    return tuple((v.name, start[v.name].shape) for v in pm_model.value_vars)
+
+
+def _point(pm_model, flat: np.ndarray) -> dict[str, np.ndarray]:
+    point, offset = {}, 0
+    for name, shape in _shapes(pm_model):
+        size = int(np.prod(shape))
+        point[name] = flat[offset : offset + size].reshape(shape)
+        offset += size
+    return point
+
+
+def test_laplace_frame_whitens_the_posterior_at_its_mode(laplace):
+    pm_model, frame = laplace
+    logp, dlogp = pm_model.compile_logp(), pm_model.compile_dlogp()
+    assert logp(_point(pm_model, frame.mode)) > logp(pm_model.initial_point()) + 10.0
+
+    def whitened_gradient(z: np.ndarray) -> np.ndarray:
+        return frame.whitening.T @ dlogp(_point(pm_model, frame.mode + frame.whitening @ z))
+
+    n = frame.mode.size
+    assert np.max(np.abs(whitened_gradient(np.zeros(n)))) < 0.05  # a mode
+    # unit curvature in every whitened direction: the sampler sees ~N(0, I) near the mode
+    step = 1e-4
+    curvature = np.column_stack(
+        [(whitened_gradient(-step * e) - whitened_gradient(step * e)) / step / 2 for e in np.eye(n)]
+    )
+    stiff = frame.curvature > 10 * CURVATURE_FLOOR
+    np.testing.assert_allclose(curvature[np.ix_(stiff, stiff)], np.eye(stiff.sum()), atol=0.02)
+    assert frame.condition_number > 100  # the original coordinates were badly scaled
+
+
+def test_whitened_model_keeps_the_density_and_every_named_value(laplace):
+    from inference.laplace import WHITENED, whitened_model
+
+    pm_model, frame = laplace
+    white = whitened_model(pm_model, frame)
+    kept = [v.name for v in pm_model.free_RVs + pm_model.deterministics]
+    assert {v.name for v in white.free_RVs} == {WHITENED}
+    assert {v.name for v in white.deterministics} == set(kept)
+    for name in kept:
+        assert white.named_vars_to_dims.get(name) == pm_model.named_vars_to_dims.get(name)
+    values_of_original = pytensor.function(
+        pm_model.value_vars,
+        pm_model.replace_rvs_by_values([pm_model[n] for n in kept]),
+        on_unused_input="ignore",
+    )
+    values_of_white = pytensor.function(
+        white.value_vars, white.replace_rvs_by_values([white[n] for n in kept])
+    )
+    white_logp, original_logp = white.compile_logp(), pm_model.compile_logp()
+    for seed in range(3):
+        z = np.random.default_rng(seed).standard_normal(frame.mode.size)
+        original = _point(pm_model, frame.mode + frame.whitening @ z)
+        np.testing.assert_allclose(white_logp({WHITENED: z}), original_logp(original), rtol=1e-10)
+        ordered = [original[v.name] for v in pm_model.value_vars]
+        for a, b in zip(values_of_white(z), values_of_original(*ordered), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10)
+
+
+def test_unknown_init_is_refused(cycle_design):
+    from inference.estimator import sample_nuts
 
     estimator, design, coords = cycle_design
     pm_model = build_model(design, estimator.priors, coords)
-    mode = posterior_mode(pm_model, seed=0, progressbar=False)
-    assert set(mode) == {rv.name for rv in pm_model.free_RVs}
-    logp = pm_model.compile_logp()
-    centre = pm_model.initial_point()
-    at_mode = pm_model.initial_point()
-    for rv in pm_model.free_RVs:
-        value_var = pm_model.rvs_to_values[rv]
-        transform = pm_model.rvs_to_transforms[rv]
-        value = mode[rv.name] if transform is None else transform.forward(mode[rv.name]).eval()
-        at_mode[value_var.name] = np.asarray(value, dtype=float)
-    assert logp(at_mode) > logp(centre) + 10.0
     with pytest.raises(ValueError, match="unknown init"):
         sample_nuts(pm_model, 10, 10, 1, 0, init="prior")
 
@@ -171,3 +236,20 @@ def test_chain_starts_are_seeded_small_offsets_from_one_point():
     np.testing.assert_array_equal(start(3), start(3))
     assert not np.allclose(start(0), start(1))
     assert np.max(np.abs(start(0) - np.arange(4.0))) < 0.3
+
+
+@pytest.mark.parametrize("sampler", ["nutpie", "pymc"])
+def test_both_samplers_return_the_original_variables(tiny_steps, sampler):
+    from inference.laplace import WHITENED
+
+    model = StepTimeModel(target="cycle").fit(
+        tiny_steps, draws=30, tune=30, chains=1, seed=0, sampler=sampler, progressbar=False
+    )
+    for group in ("posterior", "warmup_posterior"):
+        if group in model.idata_.groups():
+            assert WHITENED not in model.idata_[group]
+            assert not any(d.startswith(WHITENED) for d in model.idata_[group].dims)
+    post = model.idata_.posterior
+    assert post["log_beta"].dims == ("chain", "draw", "model", "basis")
+    assert np.all(post["sigma_step"] > 0) and np.all(np.isfinite(post["log_beta"]))
+    assert post.attrs["laplace_condition_number"] > 1.0
