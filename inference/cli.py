@@ -37,9 +37,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--target-accept", type=float, default=0.95, help="NUTS step-size target")
     fit.add_argument(
         "--init",
-        choices=("map", "support_point"),
-        default="map",
-        help="chains start at the posterior mode (default) or jittered around the priors' centres",
+        choices=("laplace", "map", "support_point"),
+        default="laplace",
+        help="chains start at the posterior mode and sample in coordinates whitened by its "
+        "curvature (laplace, the default), start there unwhitened (map), or start jittered "
+        "around the priors' centres (support_point)",
     )
     fit.add_argument("--hardware", default="h100-sxm", help="shipped name or JSON file")
     fit.add_argument(

@@ -156,13 +156,14 @@ class StepTimeModel:
         sampler: str = "nutpie",
         progressbar: bool = True,
         target_accept: float = 0.95,
-        init: str = "map",
+        init: str = "laplace",
     ) -> StepTimeModel:
         """Sample the posterior by NUTS on ``steps[rows]`` (rows with a target only).
 
-        ``init="map"`` samples around the posterior mode found by L-BFGS, in coordinates
-        whitened by its curvature (see :mod:`inference.laplace`); ``"support_point"``
-        jitters the chains around the priors' centres, as nutpie does by default.
+        ``init="laplace"`` samples around the posterior mode found by L-BFGS, in
+        coordinates whitened by its curvature (see :mod:`inference.laplace`); ``"map"``
+        starts there in the model's own coordinates; ``"support_point"`` jitters the
+        chains around the priors' centres, as nutpie does by default.
         """
         from models.hierarchical import GroupCoords, build_model
 
@@ -361,23 +362,24 @@ def sample_nuts(
     sampler: str = "nutpie",
     progressbar: bool = True,
     target_accept: float = 0.95,
-    init: str = "map",
+    init: str = "laplace",
 ) -> az.InferenceData:
     """NUTS through nutpie (numba-compiled) or, as the fallback, PyMC's own sampler.
 
-    ``init="map"`` samples in coordinates whitened at the posterior mode (see
-    :mod:`inference.laplace`), every chain starting a small seeded offset from the mode.
+    ``init="laplace"`` samples in coordinates whitened at the posterior mode (see
+    :mod:`inference.laplace`), ``"map"`` in the model's own coordinates shifted to the
+    mode; every chain starts a small seeded offset from the mode.
     """
     if sampler == "nutpie" and importlib.util.find_spec("nutpie") is None:
         print("nutpie is not installed; falling back to PyMC's NUTS", file=sys.stderr)
         sampler = "pymc"
     if sampler not in ("nutpie", "pymc"):
         raise ValueError(f"unknown sampler {sampler!r}; use 'nutpie' or 'pymc'")
-    if init not in ("map", "support_point"):
-        raise ValueError(f"unknown init {init!r}; use 'map' or 'support_point'")
-    if init == "map":
+    if init not in ("laplace", "map", "support_point"):
+        raise ValueError(f"unknown init {init!r}; use 'laplace', 'map' or 'support_point'")
+    if init in ("laplace", "map"):
         started = time.perf_counter()
-        frame = laplace_frame(pm_model, seed, progressbar)
+        frame = laplace_frame(pm_model, seed, progressbar, curvature=init == "laplace")
         laplace_seconds = time.perf_counter() - started
         idata = _run_sampler(
             whitened_model(pm_model, frame),
@@ -441,7 +443,7 @@ def _run_sampler(
         )
 
 
-START_JITTER = 0.05  # sd of each chain's offset from the mode, in whitened units
+START_JITTER = 0.05  # sd of each chain's offset from the mode, in the sampler's units
 
 
 def starts_near(

@@ -42,7 +42,9 @@ class LaplaceFrame:
         return float(self.curvature[-1] / self.curvature[0])
 
 
-def laplace_frame(pm_model: pm.Model, seed: int, progressbar: bool = True) -> LaplaceFrame:
+def laplace_frame(
+    pm_model: pm.Model, seed: int, progressbar: bool = True, curvature: bool = True
+) -> LaplaceFrame:
     """The posterior mode by L-BFGS from the priors' centres, and the curvature there.
 
     The chains start a small offset from this mode. The mixture likelihood has a
@@ -53,7 +55,8 @@ def laplace_frame(pm_model: pm.Model, seed: int, progressbar: bool = True) -> La
 
     The curvature is the central difference of the compiled gradient (2 gradients per
     parameter, a few seconds on 100K rows); eigenvalues below :data:`CURVATURE_FLOOR`
-    (flat or non-convex directions) are raised to it.
+    (flat or non-convex directions) are raised to it. ``curvature=False`` skips it: the
+    frame only moves the origin to the mode (unit whitening).
     """
     value_vars = pm_model.value_vars
     density = pm_model.logp_dlogp_function(value_vars, ravel_inputs=True)
@@ -69,6 +72,8 @@ def laplace_frame(pm_model: pm.Model, seed: int, progressbar: bool = True) -> La
         print("finding the posterior mode to start the chains (L-BFGS)", file=sys.stderr)
     result = minimize(negative, start, jac=True, method="L-BFGS-B", options={"maxfun": 5000})
     mode = result.x
+    if not curvature:
+        return LaplaceFrame(mode=mode, whitening=np.eye(mode.size), curvature=np.ones(mode.size))
     if progressbar:
         print(f"curvature at the mode ({mode.size} parameters)", file=sys.stderr)
     hessian = np.empty((mode.size, mode.size))
@@ -76,9 +81,9 @@ def laplace_frame(pm_model: pm.Model, seed: int, progressbar: bool = True) -> La
         step = np.zeros(mode.size)
         step[j] = HESSIAN_STEP
         hessian[:, j] = (negative(mode + step)[1] - negative(mode - step)[1]) / (2 * HESSIAN_STEP)
-    curvature, axes = np.linalg.eigh(0.5 * (hessian + hessian.T))
-    curvature = np.maximum(curvature, CURVATURE_FLOOR)
-    return LaplaceFrame(mode=mode, whitening=axes / np.sqrt(curvature), curvature=curvature)
+    eigenvalues, axes = np.linalg.eigh(0.5 * (hessian + hessian.T))
+    eigenvalues = np.maximum(eigenvalues, CURVATURE_FLOOR)
+    return LaplaceFrame(mode=mode, whitening=axes / np.sqrt(eigenvalues), curvature=eigenvalues)
 
 
 def whitened_model(pm_model: pm.Model, frame: LaplaceFrame) -> pm.Model:
