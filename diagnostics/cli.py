@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from inference.cli import HOST_BOUND_HELP
+from inference.cli import HOST_BOUND_HELP, add_init_argument
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -67,6 +67,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cv.add_argument("--kernel-dir", help="InferSim kernel tables for the roofline's MFU")
     cv.add_argument("--model-config-dir", action="append", default=[])
     cv.add_argument("--host-bound", action="store_true", help=HOST_BOUND_HELP)
+    add_init_argument(cv)
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(handler=run_crossval)
 
@@ -182,6 +183,7 @@ def run_crossval(args: argparse.Namespace) -> int:
             kernel_dir=args.kernel_dir,
             max_train_rows=args.max_train_rows,
             host_bound=args.host_bound,
+            init=args.init,
         )
     except SingleGroupError as err:
         return _error("crossval", err)

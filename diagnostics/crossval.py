@@ -38,6 +38,7 @@ def crossval(
     kernel_dir: str | Path | None = None,
     max_train_rows: int | None = None,
     host_bound: bool = False,
+    init: str = "laplace",
     log=None,
 ) -> dict:
     """``{"target", "by", "folds": [{held_out, n_rows, mape, median_ape, coverage_90, …}]}``."""
@@ -73,7 +74,14 @@ def crossval(
             target=target, priors=priors, model_config_dirs=tuple(model_config_dirs)
         )
         model.fit(
-            steps, train.copy(), draws=draws, tune=tune, chains=chains, seed=seed, progressbar=False
+            steps,
+            train.copy(),
+            draws=draws,
+            tune=tune,
+            chains=chains,
+            seed=seed,
+            progressbar=False,
+            init=init,
         )
         samples = model.sample_posterior_predictive(steps, test.copy(), n_draws=n_draws, seed=seed)
         samples = samples.values

@@ -5,6 +5,19 @@ from __future__ import annotations
 import argparse
 import sys
 
+
+def add_init_argument(parser: argparse.ArgumentParser) -> None:
+    """``--init``, shared by every command that fits."""
+    parser.add_argument(
+        "--init",
+        choices=("laplace", "map", "support_point"),
+        default="laplace",
+        help="chains start at the posterior mode and sample in coordinates whitened by its "
+        "curvature (laplace, the default), start there unwhitened (map), or start jittered "
+        "around the priors' centres (support_point)",
+    )
+
+
 HOST_BOUND_HELP = (
     "cycle only: also fit the scheduler regression to the traced scheduler times and price "
     "each step as the soft max of its GPU time and scheduler time + launch"
@@ -35,14 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--sampler", choices=("nutpie", "pymc"), default="nutpie")
     fit.add_argument("--target-accept", type=float, default=0.95, help="NUTS step-size target")
-    fit.add_argument(
-        "--init",
-        choices=("laplace", "map", "support_point"),
-        default="laplace",
-        help="chains start at the posterior mode and sample in coordinates whitened by its "
-        "curvature (laplace, the default), start there unwhitened (map), or start jittered "
-        "around the priors' centres (support_point)",
-    )
+    add_init_argument(fit)
     fit.add_argument("--hardware", default="h100-sxm", help="shipped name or JSON file")
     fit.add_argument(
         "--model-config-dir",
