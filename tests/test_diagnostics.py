@@ -282,3 +282,10 @@ def test_crossval_by_model_on_the_tiny_frame(tiny, tmp_path, capsys):
     assert [f["held_out"] for f in result["folds"]] == sorted(tiny["steps"]["model"].unique())
     assert all(f["n_rows"] > 0 and f["mape"] > 0 for f in result["folds"])
     assert (tmp_path / "crossval.md").is_file()
+
+
+def test_crossval_passes_init_to_every_fit(tiny_steps):
+    from diagnostics.crossval import crossval
+
+    with pytest.raises(ValueError, match="unknown init 'bogus'"):
+        crossval(tiny_steps, "cycle", "model", draws=10, tune=10, init="bogus", log=print)
