@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--init", default="map", choices=("laplace", "map", "support_point"))
     parser.add_argument("--out", help="keep the fit here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -46,13 +47,14 @@ def main() -> None:
         chains=args.chains,
         seed=args.seed,
         progressbar=False,
+        init=args.init,
     )
     wall = time.perf_counter() - started
     model.save(args.out or tempfile.mkdtemp(prefix="bench_fit_"))
     attrs = model.idata_.posterior.attrs
     print(
         f"rows fitted: {attrs['n_observations']}  target: {args.target}  "
-        f"chains × draws: {args.chains} × {args.draws} (+{args.draws} tune)"
+        f"chains × draws: {args.chains} × {args.draws} (+{args.draws} tune)  init: {args.init}"
     )
     print(
         f"fit wall time: {wall:.1f} s (of which mode + curvature "

@@ -38,7 +38,7 @@ def crossval(
     kernel_dir: str | Path | None = None,
     max_train_rows: int | None = None,
     host_bound: bool = False,
-    init: str = "laplace",
+    init: str = "map",
     log=None,
 ) -> dict:
     """``{"target", "by", "folds": [{held_out, n_rows, mape, median_ape, coverage_90, …}]}``."""
