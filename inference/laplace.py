@@ -9,6 +9,11 @@ with H the negative Hessian of the log density there (unconstrained space) and
 H = Q Λ Qᵀ, the sampler draws ``z`` and the model's values are x = mode + Q Λ^{-1/2} z.
 The map is linear with a constant Jacobian, so the posterior is exactly the same one;
 only its shape as the sampler sees it changes, close to a standard normal.
+
+Opt-in (``--init laplace``): on the full campaign it cut warm-up from 266 to 35 gradients
+per draw, but on a few thousand rows it mixed worse per draw than sampling in the model's
+own coordinates (``--init map``, the default, which reuses this module with unit
+whitening), because the bulk of the posterior is wider than the curvature at the mode.
 """
 
 from __future__ import annotations
