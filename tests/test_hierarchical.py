@@ -15,10 +15,14 @@ from models.hierarchical import GroupCoords, build_model, per_model_matvec
 from models.priors import DEFAULT_PRIORS
 
 
-def test_per_model_matvec_equals_gathered_rows():
+@pytest.mark.parametrize("layout", ["shuffled", "runs"])
+def test_per_model_matvec_equals_gathered_rows(layout):
     rng = np.random.default_rng(0)
     bases = rng.random((50, 3))
-    model_idx = rng.integers(0, 3, 50)
+    if layout == "shuffled":
+        model_idx = rng.integers(0, 3, 50)
+    else:  # runs of rows, one model twice: a product per run, no reordering
+        model_idx = np.repeat([2, 0, 1, 2], [10, 15, 5, 20])
     beta = rng.random((3, 3))
     got = per_model_matvec(pt.as_tensor(beta), bases, model_idx, 3).eval()
     np.testing.assert_allclose(got, np.sum(beta[model_idx] * bases, axis=1))
