@@ -2,171 +2,135 @@
 
 Every component shares ν; each row has its own weights, means (in µs; the component's
 location is their log) and scales. PyMC's ``pm.Mixture`` of ``pm.StudentT`` gives the
-same density, but compiled to scalar loops without vectorised ``log``/``exp`` it spent
-~25 ms of a 31 ms gradient on the ~100K rows of the synthetic campaign. Here the density
-and all its partial derivatives come from one pass of NumPy's SIMD ufuncs, and the
-gradient reuses them instead of differentiating the graph again.
+same density, but its graph, compiled by numba to scalar loops, spent most of a 31 ms
+gradient on the ~100K rows of the synthetic campaign (``benchmarks/bench_gradient.py``).
+Here one compiled loop computes the density and all its partial derivatives with three
+transcendental calls per row and component (the log of the mean, log1p, exp), and the
+gradient reuses them instead of differentiating the graph again. The loop is numba
+``nopython`` code, not NumPy: nutpie evaluates two chains' gradients in parallel threads,
+and NumPy code there would make them queue for Python's lock (measured: 41 ms a gradient
+with two chains vs 15 ms with one).
 """
 
 from __future__ import annotations
 
-import functools
-import threading
-import warnings
+import math
 
+import numba
 import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import basic as numba_basic
-from scipy.special import digamma, gammaln
 
-CHUNK_ROWS = 8192  # rows per block: a block's temporaries stay in a core's L2 cache
+MAX_EXPONENT = 600.0  # exp(600) / σ stays finite for any σ > 1e-47
 
 
 class StudentTMixtureLogp(Op):
-    """(value, ν, weights…, means…, sigmas…) → per-row log density and its partials.
+    """(value, ν, weights, means, sigmas) → per-row log density (without the Student-t
+    normalising constant) and its partials.
 
-    ``value`` (rows,) is log step time, ``nu`` a scalar; then ``n_components`` weight
-    vectors, as many mean vectors (µs) and as many scale vectors, each (rows,). Separate
-    vectors rather than a (rows, components) matrix: the graph needs no join, split or
-    transpose, and the kernel stacks them as (components, rows), so that sums over
-    components run along contiguous memory (NumPy reduces a short trailing axis ~30×
-    slower). Outputs: log density (rows,), ∂/∂ν (rows,), then ∂/∂ each weight, mean and
-    scale vector, in the inputs' order.
+    ``value`` (rows,) is log step time, ``nu`` a scalar, ``weights``, ``means`` (µs) and
+    ``sigmas`` (rows, components). Outputs: the log density less log Γ((ν+1)/2) −
+    log Γ(ν/2) − ½ log(νπ), which :func:`mixture_logp` adds in the graph (rows,); its
+    partial in ν (rows,); and its partials in weights, means and sigmas (rows, components).
     """
 
-    __props__ = ("n_components",)
+    __props__ = ()
 
-    def __init__(self, n_components: int):
-        self.n_components = n_components
-
-    def make_node(self, value, nu, *params) -> Apply:
-        if len(params) != 3 * self.n_components:
-            raise ValueError(f"expected {3 * self.n_components} weight, mean and scale vectors")
-        value, nu, *params = (pt.as_tensor(v).astype("float64") for v in (value, nu, *params))
-        if nu.ndim != 0:
-            raise ValueError("nu must be a scalar")
-        if any(v.ndim != 1 for v in (value, *params)):
-            raise ValueError("value, weights, means and scales must be vectors over rows")
-        outputs = [value.type() for _ in range(2 + len(params))]
-        return Apply(self, [value, nu, *params], outputs)
+    def make_node(self, value, nu, weights, means, sigmas) -> Apply:
+        value, nu, weights, means, sigmas = (
+            pt.as_tensor(v).astype("float64") for v in (value, nu, weights, means, sigmas)
+        )
+        if value.ndim != 1 or nu.ndim != 0 or {weights.ndim, means.ndim, sigmas.ndim} != {2}:
+            raise ValueError("value (rows,), nu scalar, weights/means/sigmas (rows, components)")
+        matrix = pt.matrix(dtype="float64")
+        outputs = [value.type(), value.type(), matrix.type(), matrix.type(), matrix.type()]
+        return Apply(self, [value, nu, weights, means, sigmas], outputs)
 
     def perform(self, node, inputs, output_storage) -> None:
-        value, nu, *params = inputs
-        k, n = self.n_components, len(value)
-        buffers = _thread_buffers(k, n)
-        weights, means, sigma = (
-            np.stack(params[i * k : (i + 1) * k], out=buffers[i]) for i in range(3)
-        )
-        logp, d_nu, d_weights, d_means, d_sigma = buffers[3:]
-        for lo in range(0, n, CHUNK_ROWS):
-            rows = slice(lo, lo + CHUNK_ROWS)
-            _mixture_chunk(
-                value[rows],
-                weights[:, rows],
-                means[:, rows],
-                sigma[:, rows],
-                float(nu),
-                [logp[rows], d_weights[:, rows], d_means[:, rows], d_sigma[:, rows], d_nu[rows]],
-            )
-        # the density may be an output of a compiled function: never hand out a buffer
-        results = [logp.copy(), d_nu, *d_weights, *d_means, *d_sigma]
+        value, nu, weights, means, sigmas = inputs
+        results = _mixture_kernel(value, float(nu), weights, means, sigmas)
         for storage, result in zip(output_storage, results, strict=True):
             storage[0] = result
 
     def L_op(self, inputs, outputs, output_grads):  # noqa: N802 (PyTensor's name)
         upstream = output_grads[0]
+        per_row = upstream[:, None]
         return [
             pt.zeros_like(inputs[0]),  # the value is observed, never a parameter
             pt.sum(upstream * outputs[1]),
-            *(upstream * partial for partial in outputs[2:]),
+            per_row * outputs[2],
+            per_row * outputs[3],
+            per_row * outputs[4],
         ]
 
 
-_BUFFERS = threading.local()
-
-
-def _thread_buffers(k: int, n: int) -> list[np.ndarray]:
-    """Inputs stacked as (k, n) and every output, reused from call to call: fresh ~3 MB
-    arrays on each gradient cost more in page faults than the arithmetic. One set per
-    thread, because nutpie evaluates its chains' gradients in parallel threads."""
-    cached = getattr(_BUFFERS, "arrays", None)
-    if cached is None or cached[0].shape != (k, n):
-        cached = [np.empty((k, n)) for _ in range(3)] + [np.empty(n), np.empty(n)]
-        cached += [np.empty((k, n)) for _ in range(3)]
-        _BUFFERS.arrays = cached
-    return cached
-
-
-def _mixture_chunk(value, weights, means, sigma, nu: float, outputs) -> None:
-    """Log density and partials of a block of rows, written into ``outputs``."""
-    logp, d_weights, d_means, d_sigma, d_nu = outputs
+@numba.njit(cache=True, nogil=True)
+def _mixture_kernel(value, nu, weights, means, sigmas):
+    """Per row: f_k = w_k (1 + t_k)^(−(ν+1)/2) / σ_k with t_k = ((y − log m_k) / σ_k)² / ν;
+    the log density is log Σ f_k, and every partial follows from f_k / Σ f. The powers
+    are scaled by the row's largest among weighted components, so none underflows; the
+    partial in a zero weight is capped (the model's zero weights are constants)."""
+    rows, components = weights.shape
     half = 0.5 * (nu + 1.0)
-    log_norm, d_log_norm = _normaliser(nu)
-    z = value[None, :] - np.log(means)
-    z /= sigma
-    t = z * z
-    t /= nu
-    log1p_t = np.log1p(t)
-    component = np.log(sigma)
-    component += half * log1p_t
-    np.subtract(log_norm, component, out=component)
-    with np.errstate(divide="ignore"):  # a zero weight is a component the row cannot have
-        weighted = np.log(weights)
-    weighted += component
-    top = weighted.max(axis=0, keepdims=True)
-    weighted -= top
-    shifted = np.exp(weighted, out=weighted)
-    total = shifted.sum(axis=0, keepdims=True)
-    np.add(top[0], np.log(total[0]), out=logp)
-    responsibility = shifted
-    responsibility /= total
-    shrink = np.add(1.0, t, out=t)  # t is not needed past here except as t / (1 + t)
-    np.reciprocal(shrink, out=shrink)
-    t_shrunk = np.subtract(1.0, shrink)  # t / (1 + t)
-    np.subtract(component, logp[None, :], out=component)
-    np.exp(component, out=d_weights)
-    np.multiply(responsibility, z, out=d_means)
-    d_means *= shrink
-    d_means *= 2.0 * half / nu
-    d_means /= sigma
-    d_means /= means
-    np.multiply(t_shrunk, 2.0 * half, out=d_sigma)
-    d_sigma -= 1.0
-    d_sigma *= responsibility
-    d_sigma /= sigma
-    t_shrunk *= half / nu
-    log1p_t *= 0.5
-    t_shrunk -= log1p_t
-    t_shrunk *= responsibility
-    np.sum(t_shrunk, axis=0, out=d_nu)
-    d_nu += d_log_norm
-
-
-@functools.lru_cache(maxsize=64)
-def _normaliser(nu: float) -> tuple[float, float]:
-    """The Student-t log normalising constant and its derivative in ν (one per gradient,
-    not one per block: SciPy's scalar calls cost microseconds each)."""
-    half = 0.5 * (nu + 1.0)
-    log_norm = gammaln(half) - gammaln(0.5 * nu) - 0.5 * np.log(nu * np.pi)
-    return float(log_norm), float(0.5 * (digamma(half) - digamma(0.5 * nu)) - 0.5 / nu)
+    inv_nu = 1.0 / nu
+    logp, d_nu = np.empty(rows), np.empty(rows)
+    d_weights = np.empty((rows, components))
+    d_means = np.empty((rows, components))
+    d_sigmas = np.empty((rows, components))
+    for i in range(rows):
+        top = -np.inf
+        for k in range(components):
+            z = (value[i] - math.log(means[i, k])) / sigmas[i, k]
+            t = z * z * inv_nu
+            shrink = 1.0 / (1.0 + t)
+            exponent = half * math.log(shrink)  # log of (1 + t)^(−half)
+            d_weights[i, k] = exponent  # scratch until the total is known
+            d_means[i, k] = z * shrink
+            d_sigmas[i, k] = t * shrink
+            if weights[i, k] > 0.0 and exponent > top:
+                top = exponent
+        total = 0.0
+        nu_sum = 0.0
+        for k in range(components):
+            exponent = d_weights[i, k]
+            # capped: a zero-weight component far above the weighted ones would overflow
+            scaled = math.exp(min(exponent - top, MAX_EXPONENT)) / sigmas[i, k]
+            d_weights[i, k] = scaled
+            weighted = weights[i, k] * scaled
+            total += weighted
+            nu_sum += weighted * (half * d_sigmas[i, k] * inv_nu + 0.5 * exponent / half)
+        inverse = 1.0 / total
+        logp[i] = top + math.log(total)
+        d_nu[i] = nu_sum * inverse
+        for k in range(components):
+            responsibility = weights[i, k] * d_weights[i, k] * inverse
+            d_weights[i, k] *= inverse
+            d_means[i, k] *= responsibility * 2.0 * half * inv_nu / (sigmas[i, k] * means[i, k])
+            d_sigmas[i, k] = responsibility * (2.0 * half * d_sigmas[i, k] - 1.0) / sigmas[i, k]
+    return logp, d_nu, d_weights, d_means, d_sigmas
 
 
 @numba_basic.numba_funcify.register(StudentTMixtureLogp)
 def _numba_student_t_mixture_logp(op, node, **kwargs):
-    """Run ``perform`` (NumPy) from nutpie's numba-compiled gradient, as PyTensor's
-    object-mode fallback does, without its warning: NumPy's SIMD ufuncs are the point."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Numba will use object mode", UserWarning)
-        return numba_basic.generate_fallback_impl(op, node, **kwargs)
+    """nutpie's compiled gradient calls the loop directly, without entering Python."""
+
+    @numba_basic.numba_njit
+    def student_t_mixture_logp(value, nu, weights, means, sigmas):
+        return _mixture_kernel(value, nu.item(), weights, means, sigmas)
+
+    return student_t_mixture_logp
 
 
 def mixture_logp(value, nu, weights: list, means: list, sigmas: list):
     """Per-row log density of the mixture (a PyTensor expression); one weight, mean (µs)
     and scale vector per component."""
-    return StudentTMixtureLogp(len(weights))(value, nu, *weights, *means, *sigmas)[0]
+    stacked = (pt.stack(list(x), axis=-1) for x in (weights, means, sigmas))
+    unnormalised = StudentTMixtureLogp()(value, nu, *stacked)[0]
+    half = 0.5 * (nu + 1.0)
+    return unnormalised + pt.gammaln(half) - pt.gammaln(0.5 * nu) - 0.5 * pt.log(nu * np.pi)
 
 
 def student_t_mixture(name: str, nu, weights: list, means: list, sigmas: list, observed):
