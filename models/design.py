@@ -31,18 +31,14 @@ class HostDesign:
     """The scheduler side of cycle rows: its bases and the traced scheduler CPU times.
 
     ``schedule_us`` is the traced step's own ``step.duration_us``; ``neighbour_schedule_us``
-    (rows, 2 · window, NaN-padded) those of its sampled neighbours (same run, itself
-    excluded), which stand for the gap's untraced steps the way the GPU templates do.
-    Each of them, not their mean: the likelihood averages the step price over them, as
-    prediction averages it over scheduler draws (the price is convex in the scheduler
-    time, so pricing the mean would make the fit's untraced steps cheaper than
-    prediction's).
+    the mean over its sampled neighbours (same run, itself excluded), which stands for the
+    gap's untraced steps the way the GPU templates do.
     """
 
     bases: np.ndarray  # (rows, host bases), µs at nominal scheduler costs
     basis_names: tuple[str, ...]
     schedule_us: np.ndarray
-    neighbour_schedule_us: np.ndarray  # (rows, 2 · window), NaN where no neighbour
+    neighbour_schedule_us: np.ndarray
 
     def as_schedule_design(self, design: Design) -> Design:
         """The rows as single-step ``schedule`` observations, to fit the host regression."""
@@ -147,22 +143,20 @@ def gap_templates(
     return out_share, out_pre, out_dec
 
 
-def neighbour_values(
+def neighbour_mean(
     values: np.ndarray, steps: pd.DataFrame, window: int = NEIGHBOUR_WINDOW
 ) -> np.ndarray:
-    """(rows, 2·window) ``values`` of each row's sampled neighbours, ``window`` on each
-    side in the same run (the row itself excluded), NaN where there is none; a row with
-    no neighbour at all gets its own value in the first column."""
+    """Mean of ``values`` over each row's ``window`` sampled neighbours on each side (same
+    run, the row itself excluded); the row's own value where it has none."""
     runs = steps["experiment_id"].to_numpy()
     order = np.lexsort((steps["step.id"].to_numpy(dtype=float), runs))
-    frame = pd.Series(np.where(np.isfinite(values), values, np.nan)[order])
-    by_run = frame.groupby(runs[order])
-    offsets = [o for o in range(-window, window + 1) if o != 0]
-    around = np.column_stack([by_run.shift(-o).to_numpy(dtype=float) for o in offsets])
-    alone = ~np.isfinite(around).any(axis=1)
-    around[alone, 0] = frame.to_numpy()[alone]
-    out = np.empty_like(around)
-    out[order] = around
+    frame = pd.DataFrame({"v": values[order], "n": np.isfinite(values[order]).astype(float)})
+    frame["v"] = frame["v"].where(frame["n"] > 0, 0.0)
+    rolling = frame.groupby(runs[order]).rolling(2 * window + 1, center=True, min_periods=1)
+    sums = rolling.sum().reset_index(level=0, drop=True).sort_index().to_numpy() - frame.to_numpy()
+    mean = np.where(sums[:, 1] > 0, sums[:, 0] / np.maximum(sums[:, 1], 1.0), values[order])
+    out = np.empty(len(values))
+    out[order] = mean
     return out
 
 
@@ -202,7 +196,7 @@ def build_design(
             bases=step_bases(steps, tuple(host_basis_names), specs, hardware)[rows],
             basis_names=tuple(host_basis_names),
             schedule_us=traced[rows],
-            neighbour_schedule_us=neighbour_values(traced, steps)[rows],
+            neighbour_schedule_us=neighbour_mean(traced, steps)[rows],
         )
     return Design(
         host=host,

@@ -150,8 +150,8 @@ def add_step_time_likelihood(
         prefill = per_model_matvec(beta, design.prefill_bases, model_idx, n_models) * scale
         decode = per_model_matvec(beta, design.decode_bases, model_idx, n_models) * scale
         if host is not None:
-            prefill = mean_host_bound_step_us(prefill, host.neighbour_schedule_us)
-            decode = mean_host_bound_step_us(decode, host.neighbour_schedule_us)
+            prefill = host_bound_step_us(prefill, host.neighbour_schedule_us)
+            decode = host_bound_step_us(decode, host.neighbour_schedule_us)
         weights, counts = gap_composition(design)
         untraced = design.untraced_steps
         means = [(own + c * prefill + (untraced - c) * decode) / design.gap_steps for c in counts.T]
@@ -168,17 +168,6 @@ def add_step_time_likelihood(
         weights = [(1.0 - stall_weight) * w for w in weights] + [stall_weight]
         means, sigmas = [*means, stall_mean], [*sigmas, stall_sigma]
     student_t_mixture("log_y", nu, weights, means, sigmas, observed)
-
-
-def mean_host_bound_step_us(gpu_us, neighbour_schedule_us: np.ndarray):
-    """An untraced step's price averaged over the scheduler times traced on the row's
-    neighbours (NaN where none): the same average prediction takes over scheduler draws.
-    Pricing their mean instead would undercount the convex soft max (Jensen), the GPU
-    coefficients would absorb the difference, and prediction would count it again."""
-    present = np.isfinite(neighbour_schedule_us)
-    weights = present / present.sum(axis=1, keepdims=True)
-    schedule = np.where(present, neighbour_schedule_us, 0.0)
-    return pt.sum(weights * host_bound_step_us(gpu_us[:, None], schedule), axis=1)
 
 
 def gap_composition(

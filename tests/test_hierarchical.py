@@ -72,10 +72,8 @@ def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design, host_design, h
     if host_bound:  # each step lasts the soft max of GPU time and traced scheduler + launch
         host = design.host
         own = soft_max_by_hand(own, host.schedule_us)
-        # untraced steps: the price averaged over the neighbours' traced scheduler times
-        neighbours = host.neighbour_schedule_us
-        prefill = np.nanmean(soft_max_by_hand(prefill[:, None], neighbours), axis=1)
-        decode = np.nanmean(soft_max_by_hand(decode[:, None], neighbours), axis=1)
+        prefill = soft_max_by_hand(prefill, host.neighbour_schedule_us)
+        decode = soft_max_by_hand(decode, host.neighbour_schedule_us)
     g, p = design.gap_steps, design.prefill_share
     m = g - 1
     sigma = np.sqrt(floor[model_idx] ** 2 + step[model_idx] ** 2 / g)
