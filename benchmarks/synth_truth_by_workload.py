@@ -11,6 +11,9 @@ i.e. sampled, steps only) and prints per (workload, model):
 - **context / KV**: Σ context tokens the attention of the batch reads per request, and the
   ratio of that Σ to ``kv_tokens`` (resident KV blocks × 16), the proxy the ``kv_read``
   basis uses. A proxy ratio that differs between workloads shifts ``kv_read`` with them.
+- **prefill attention**: per workload, the true Σ(new·context) pairs of the prefill chunks
+  over the pairs the ``prefill_attention`` basis assumes (Σ ratio and row log-sd), and the
+  same for the chunk-only count P²/(2·prefill requests) of basis sets ≤ 3.
 
 Ground truth is what no fit may see; this script only explains fitted results.
 """
@@ -20,9 +23,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from data_prep.specs import get_model_spec, load_hardware
 from data_prep.synth.oracle import HOST_CYCLE_PAD_US, OUTPUT_PROC_PER_REQ_US, OUTPUT_PROC_US
+from models.basis import BatchFeatures, prefill_attention_us
 
 
 def load_ground_truth(campaign: Path) -> pd.DataFrame:
@@ -69,6 +75,33 @@ def main() -> None:
             f"{row.host_excess:>14.1%}{row.context_per_request:>13.0f}"
             f"{row.context_over_kv:>12.2f}{row.kv_tokens:>9.0f}"
         )
+    print_prefill_attention(truth)
+
+
+def print_prefill_attention(truth: pd.DataFrame) -> None:
+    """How well the ``prefill_attention`` basis counts the attention pairs of prefill chunks."""
+    # (recomputed requests after a preemption also attend in chunks, but are traced as
+    # decode tokens; steps with only those are left out)
+    chunks = truth[(truth["true.attn_pairs"] > 0) & (truth["batch.prefill_tokens"] > 0)]
+    features = BatchFeatures.from_mapping({c: chunks[c].to_numpy() for c in chunks.columns})
+    spec, hw = get_model_spec("llama-2-7b"), load_hardware()
+    per_pair = 4.0 * spec.num_heads * spec.head_dim * spec.num_layers / hw.flops_per_us
+    assumed = {
+        "basis": prefill_attention_us(features, spec, hw, 1) / per_pair,
+        "chunk only": features.prefill_tokens**2 / (2.0 * np.maximum(features.prefill_reqs, 1)),
+    }
+    true = chunks["true.attn_pairs"].to_numpy()
+    print(
+        f"\n{'workload':<11}{'prefill steps':>14}"
+        + "".join(f"{name + ' Σ true/assumed':>28}{'log-sd':>8}" for name in assumed)
+    )
+    for workload, index in chunks.groupby("workload").indices.items():
+        cells = "".join(
+            f"{true[index].sum() / pairs[index].sum():>28.2f}"
+            f"{np.log(true[index] / pairs[index]).std():>8.2f}"
+            for pairs in assumed.values()
+        )
+        print(f"{workload:<11}{index.size:>14}{cells}")
 
 
 def _model_of(experiment_id: str) -> str:

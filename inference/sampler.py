@@ -158,7 +158,7 @@ def _fast_basis_factories(spec: ModelSpec, hw: HardwareSpec, tp: int) -> dict[st
     attn = 4.0 * spec.num_heads * spec.head_dim * spec.num_layers / tp / flops_us
 
     def prefill_attention(f):
-        return attn * (f[2] ** 2 / (2.0 * max(f[1], 1.0)))
+        return attn * f[2] * (f[4] / max(f[5], 1.0) + f[2] / (2.0 * max(f[1], 1.0)))
 
     kv_per_token = spec.kv_bytes_per_token(tp) / hbm
 
@@ -213,7 +213,8 @@ def probe_features(n: int = 256, seed: int = 12345) -> BatchFeatures:
             "prefill_reqs": prefill_reqs,
             "prefill_tokens": prefill,
             "decode_tokens": decode,
-            "kv_tokens": rng.integers(0, 400_000, n).astype(float),
+            # resident KV is what the running requests hold: up to 4,096 tokens each
+            "kv_tokens": (decode + prefill_reqs) * rng.integers(0, 4097, n),
             "waiting_reqs": rng.integers(0, 50, n).astype(float),
         }
     )

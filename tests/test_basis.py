@@ -58,7 +58,9 @@ def test_roofline_knee_is_the_soft_max_excess_over_the_hard_one():
 
 
 def test_prefill_attention():
-    pairs = np.array([0.0, 2000**2 / (2 * 2)])
+    # each new token attends to the mean resident context (10,000 KV tokens over 10
+    # running requests) and causally to its chunk (two chunks of 1,000)
+    pairs = np.array([0.0, 2000 * 10000 / 10 + 2000**2 / (2 * 2)])
     expected = 4 * 64 * 128 * L * pairs / TP / 989.5e6
     np.testing.assert_allclose(basis.prefill_attention_us(X, SPEC, HW, TP), expected)
 
