@@ -108,7 +108,8 @@ def test_roofline_by_hand_with_constant_mfus():
     expected = []
     for prefill, decode, p_reqs, d_reqs, kv in [(0, 2, 0, 2, 100), (10, 1, 1, 1, 50)]:
         linear = 2 * (prefill + decode) * active / 0.5
-        pairs = prefill**2 / (2 * max(p_reqs, 1))
+        # each new token against the mean resident context (2 running) and its chunk
+        pairs = prefill * (kv / 2 + prefill / (2 * max(p_reqs, 1)))
         prefill_attn = 4 * 2 * 2 * 2 * pairs / 0.25
         decode_attn = 4 * 2 * 2 * 2 * kv / 0.1 if d_reqs else 0.0
         memory = (weights + kv_per_token * kv) / 0.5
