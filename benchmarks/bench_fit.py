@@ -1,7 +1,8 @@
 """Wall time of a full NUTS fit, with its convergence, on a prepared step table.
 
     .venv/bin/python benchmarks/bench_fit.py --data steps.parquet --split split_indices.json \
-        [--target cycle] [--chains 2] [--draws 1000] [--out FITDIR]
+        [--target cycle] [--chains 2] [--draws 1000] [--init laplace] [--target-accept 0.95]
+        [--out FITDIR]
 
 Prints rows fitted, chains × draws, compile+sampling wall time and the convergence line.
 The goal from the project's issue is ≤ 10 minutes for the ~165K-step synthetic campaign
@@ -32,6 +33,7 @@ def main() -> None:
     parser.add_argument("--draws", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", default="map", choices=("laplace", "map", "support_point"))
+    parser.add_argument("--target-accept", type=float, default=0.95)
     parser.add_argument("--out", help="keep the fit here (default: a temporary folder)")
     args = parser.parse_args()
 
@@ -48,13 +50,15 @@ def main() -> None:
         seed=args.seed,
         progressbar=False,
         init=args.init,
+        target_accept=args.target_accept,
     )
     wall = time.perf_counter() - started
     model.save(args.out or tempfile.mkdtemp(prefix="bench_fit_"))
     attrs = model.idata_.posterior.attrs
     print(
         f"rows fitted: {attrs['n_observations']}  target: {args.target}  "
-        f"chains × draws: {args.chains} × {args.draws} (+{args.draws} tune)  init: {args.init}"
+        f"chains × draws: {args.chains} × {args.draws} (+{args.draws} tune)  init: {args.init}  "
+        f"target accept: {args.target_accept}"
     )
     print(
         f"fit wall time: {wall:.1f} s (of which mode + curvature "

@@ -198,7 +198,7 @@ def prefill_attention_us(
     Per-request context is not traced. Each new token attends to its request's resident
     context (prefix-cache hits, earlier chunks; ``batch.prefill_tokens`` counts cache
     misses only), taken as the mean resident KV per running request, and causally to
-    the chunk before it, with chunks taken as equal: Σ(new·context) ≈
+    the earlier tokens of its own chunk, with chunks taken as equal: Σ(new·context) ≈
     P·kv_tokens/running + P²/(2·prefill requests). Against the synthetic campaign's true
     pairs (``benchmarks/synth_truth_by_workload.py``) the chunk term alone undercounts
     1.5× (roleplay) to 10× (general), row log-sd 0.23–1.33 by workload; with the

@@ -11,8 +11,8 @@ polynomials on the float's bits, not libm calls, and the kernel raises no Python
 (``error_model="numpy"``), so its loops compile to SIMD code: 15 ms a gradient on those
 rows, 20 ms with libm's scalar calls. The kernel is numba ``nopython`` code, not NumPy:
 nutpie evaluates two chains' gradients in parallel threads, and NumPy code there would
-make them queue for Python's lock (measured: 41 ms a gradient with two chains vs 15 ms
-with one).
+make them queue for Python's lock (a NumPy version of this kernel took 29 ms a gradient
+with two chains, 13 ms with one).
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ from pytensor.graph.op import Op
 from pytensor.link.numba.dispatch import basic as numba_basic
 
 MAX_EXPONENT = 600.0  # exp(600) / σ stays finite for any σ > 1e-47
-# Rows per block: the scratch of a block (a dozen arrays of 4 × 1,024) stays in L2 cache,
-# and is allocated once per call; per-block or row-sized scratch made the kernel 3× slower
-# (fresh pages from the OS cost ~3 µs each on this machine, more than the math).
+# Rows per block: the scratch of a block (a dozen arrays of 4 × 1,024) stays in L2 cache
+# and is allocated once per call. A version with row-sized scratch took 39 ms a gradient
+# instead of 15 (``benchmarks/bench_gradient.py``): fresh pages from the OS cost more
+# than the math on this machine.
 ROW_BLOCK = 1024
 
 
@@ -169,7 +170,7 @@ def _exp_into(x, out, scratch):
     """out = exp(x) for contiguous 1-D arrays (out may be x; int64 scratch at least as
     long): x = k·ln 2 + r with |r| ≤ ln 2 / 2, exp(r) by its Taylor polynomial of degree
     12, 2^k from the bits. Below exp(−708) it returns ~2^−1022 rather than underflowing to
-    0. No allocation: fresh pages cost ~3 µs each on this sandbox, more than the math."""
+    0. Allocates nothing (see ``ROW_BLOCK``)."""
     size = x.size
     for i in range(size):
         xi = min(max(x[i], -708.0), 709.0)
