@@ -31,8 +31,9 @@ import pytensor.tensor as pt
 from scipy.stats import binom
 
 from models.basis import host_bound_step_us
-from models.design import Design
-from models.mixture import student_t_mixture
+from models.cycle_likelihood import CycleRows, cycle_mixture_logp
+from models.design import Design, HostDesign
+from models.mixture import student_t_mixture, student_t_mixture_dist
 from models.priors import HOST_MODEL, PriorConfig, StallPrior
 
 MAX_ROW_BLOCKS_PER_MODEL = 8  # more runs of rows than this: reorder instead
@@ -135,14 +136,59 @@ def add_step_time_likelihood(
     nu = pm.Deterministic("nu", 2.0 + nu_excess)
 
     beta = pt.exp(log_beta)
-    n_models = len(coords.models)
-    scale = pt.exp(workload_effect)[workload_idx]
-    own = per_model_matvec(beta, design.bases, model_idx, n_models) * scale
-    sigma = pt.sqrt(sigma_floor[model_idx] ** 2 + sigma_step[model_idx] ** 2 / design.gap_steps)
+    scale_by_workload = pt.exp(workload_effect)
     if priors.regime is not None:
+        own = per_model_matvec(beta, design.bases, model_idx, len(coords.models))
+        own = own * scale_by_workload[workload_idx]
+        sigma = pt.sqrt(sigma_floor[model_idx] ** 2 + sigma_step[model_idx] ** 2 / design.gap_steps)
         add_regime_likelihood(priors.regime, design, model_idx, own, sigma, nu, observed)
         return
+    stall = None if priors.stall is None else stall_parameters(priors.stall)
     host = design.host if priors.host is not None else None
+    parameters = [beta, scale_by_workload, sigma_floor, sigma_step]
+    if stall is not None and host is None:
+        rows = cycle_rows(design, model_idx, workload_idx)
+
+        def logp(value, nu, *params):
+            return cycle_mixture_logp(value, rows, *params[:4], nu, *params[4:])
+
+        def dist(nu, *params_and_size):
+            *params, size = params_and_size
+            components = gap_mixture_components(
+                design, model_idx, workload_idx, *params[:4], None, tuple(params[4:])
+            )
+            return student_t_mixture_dist(nu, *components, size=size)
+
+        pm.CustomDist("log_y", nu, *parameters, *stall, dist=dist, logp=logp, observed=observed)
+        return
+    weights, means, sigmas = gap_mixture_components(
+        design, model_idx, workload_idx, *parameters, host, stall
+    )
+    if len(means) == 1:
+        pm.StudentT("log_y", nu=nu, mu=pt.log(means[0]), sigma=sigmas[0], observed=observed)
+        return
+    student_t_mixture("log_y", nu, weights, means, sigmas, observed)
+
+
+def gap_mixture_components(
+    design: Design,
+    model_idx: np.ndarray,
+    workload_idx: np.ndarray,
+    beta,
+    scale_by_workload,
+    sigma_floor,
+    sigma_step,
+    host: HostDesign | None,
+    stall: tuple | None,
+) -> tuple[list, list, list]:
+    """Weights, means (µs) and scales of the likelihood's mixture components, each a
+    list with one (rows,) expression per component: the gap's untraced prefill steps
+    (see :func:`gap_composition`), then the stall component if ``stall`` = (rate, jump,
+    spread) is given."""
+    n_models = int(model_idx.max()) + 1
+    scale = scale_by_workload[workload_idx]
+    own = per_model_matvec(beta, design.bases, model_idx, n_models) * scale
+    sigma = pt.sqrt(sigma_floor[model_idx] ** 2 + sigma_step[model_idx] ** 2 / design.gap_steps)
     if host is not None:
         own = host_bound_step_us(own, host.schedule_us)
     weights, means = [np.ones(len(design))], [own]
@@ -152,22 +198,34 @@ def add_step_time_likelihood(
         if host is not None:
             prefill = host_bound_step_us(prefill, host.neighbour_schedule_us)
             decode = host_bound_step_us(decode, host.neighbour_schedule_us)
-        weights, counts = gap_composition(design)
+        gap_weights, counts = gap_composition(design)
         untraced = design.untraced_steps
         means = [(own + c * prefill + (untraced - c) * decode) / design.gap_steps for c in counts.T]
-        weights = list(weights.T)
-    if priors.stall is None and len(means) == 1:
-        pm.StudentT("log_y", nu=nu, mu=pt.log(own), sigma=sigma, observed=observed)
-        return
+        weights = list(gap_weights.T)
     sigmas = [sigma] * len(means)
-    if priors.stall is not None:
+    if stall is not None:
         expected = sum(w * m for w, m in zip(weights, means, strict=True))
-        stall_weight, stall_mean, stall_sigma = stall_likelihood_component(
-            priors.stall, design.gap_steps, expected, sigma
+        stall_weight, stall_mean, stall_sigma = stall_component(
+            design.gap_steps, expected, sigma, *stall
         )
         weights = [(1.0 - stall_weight) * w for w in weights] + [stall_weight]
         means, sigmas = [*means, stall_mean], [*sigmas, stall_sigma]
-    student_t_mixture("log_y", nu, weights, means, sigmas, observed)
+    return weights, means, sigmas
+
+
+def cycle_rows(design: Design, model_idx: np.ndarray, workload_idx: np.ndarray) -> CycleRows:
+    """The design's rows as the fused cycle kernel reads them."""
+    gap_weights, counts = gap_composition(design)
+    return CycleRows(
+        own_bases=design.bases.T,
+        prefill_bases=design.prefill_bases.T,
+        decode_bases=design.decode_bases.T,
+        model_idx=model_idx,
+        workload_idx=workload_idx,
+        gap_steps=design.gap_steps.astype(float),
+        gap_weights=gap_weights.T,
+        gap_counts=counts.T,
+    )
 
 
 def gap_composition(
@@ -194,18 +252,22 @@ def gap_composition(
     return weights, counts
 
 
-def stall_likelihood_component(stall: StallPrior, gap_steps: np.ndarray, expected, sigma):
+def stall_parameters(stall: StallPrior) -> tuple:
+    """(rate, jump J, spread) of rare stalls, with their priors."""
+    rate = pm.Beta("stall_rate", stall.rate_alpha, stall.rate_beta)
+    excess = pm.LogNormal("stall_jump_excess", np.log(stall.jump_median - 1.0), stall.jump_log_sd)
+    log_jump = pm.Deterministic("stall_log_jump", pt.log1p(excess))
+    spread = pm.HalfNormal("stall_spread", stall.spread_sd)
+    return rate, pt.exp(log_jump), spread
+
+
+def stall_component(gap_steps: np.ndarray, expected, sigma, rate, jump, spread):
     """(weight, mean, sigma) of the component "one of the gap's steps stalled".
 
     A stall makes one step J times longer, so the gap's mean grows by (J − 1)/gap of a
     step; the spread of log J across stalls enters through the delta method. Weight
     1 − (1 − rate)^gap.
     """
-    rate = pm.Beta("stall_rate", stall.rate_alpha, stall.rate_beta)
-    excess = pm.LogNormal("stall_jump_excess", np.log(stall.jump_median - 1.0), stall.jump_log_sd)
-    log_jump = pm.Deterministic("stall_log_jump", pt.log1p(excess))
-    spread = pm.HalfNormal("stall_spread", stall.spread_sd)
-    jump = pt.exp(log_jump)
     gaps, gap_of_row = np.unique(gap_steps, return_inverse=True)  # a few dozen distinct gaps
     weight = (1.0 - (1.0 - rate) ** gaps)[gap_of_row]
     mean = expected * (1.0 + (jump - 1.0) / gap_steps)

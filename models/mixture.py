@@ -77,83 +77,272 @@ class StudentTMixtureLogp(Op):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _mixture_kernel(value, nu, weights, means, sigmas):
-    """Per row: f_k = w_k (1 + t_k)^(−(ν+1)/2) / σ_k with t_k = ((y − log m_k) / σ_k)² / ν;
-    the log density is log Σ f_k, and every partial follows from f_k / Σ f. The powers
-    are scaled by the row's largest among weighted components, so none underflows; the
-    partial in a zero weight is capped (the model's zero weights are constants).
-
-    Rows go in blocks of ``ROW_BLOCK``, transposed to component-major scratch that stays
-    in cache; the loops over a block have no calls and no branches that could raise, so
-    LLVM turns them into SIMD code, log and exp included (:func:`_log_into`,
-    :func:`_exp_into`).
-    """
+    """The Op's loop: rows in blocks of ``ROW_BLOCK``, transposed to component-major
+    scratch that stays in cache, scored by :func:`mixture_block`."""
     rows, components = weights.shape
-    half = 0.5 * (nu + 1.0)
-    inv_nu = 1.0 / nu
     logp, d_nu = np.empty(rows), np.empty(rows)
     d_weights = np.empty((rows, components))
     d_means = np.empty((rows, components))
     d_sigmas = np.empty((rows, components))
-    block = (components, ROW_BLOCK)
-    w, m, s = np.empty(block), np.empty(block), np.empty(block)
-    log_m, z_shrunk, t_shrunk = np.empty(block), np.empty(block), np.empty(block)
-    exponent, scaled = np.empty(block), np.empty(block)
-    top, total = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
-    nu_sum, log_total = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
-    bits, powers = np.empty(block, np.int64), np.empty(block)  # scratch of log and exp
+    scratch = block_scratch(components)
+    w, m, s = scratch[0], scratch[1], scratch[2]
     for first in range(0, rows, ROW_BLOCK):
         n = min(ROW_BLOCK, rows - first)
-        y = value[first : first + n]
         for k in range(components):
             for j in range(n):
                 w[k, j] = weights[first + j, k]
                 m[k, j] = means[first + j, k]
                 s[k, j] = sigmas[first + j, k]
-        _log_into(m.reshape(-1), log_m.reshape(-1), bits.reshape(-1), powers.reshape(-1))
-        for k in range(components):
-            for j in range(n):
-                z = (y[j] - log_m[k, j]) / s[k, j]
-                t = z * z * inv_nu
-                shrink = 1.0 / (1.0 + t)
-                z_shrunk[k, j] = z * shrink  # the mean partial's core
-                t_shrunk[k, j] = t * shrink  # the scale partial's core
-                scaled[k, j] = 1.0 + t
-        _log_into(scaled.reshape(-1), exponent.reshape(-1), bits.reshape(-1), powers.reshape(-1))
-        top[:] = -np.inf
-        for k in range(components):
-            for j in range(n):
-                exponent[k, j] *= -half  # log of (1 + t)^(−half)
-                weighted_exponent = exponent[k, j] if w[k, j] > 0.0 else -np.inf
-                top[j] = max(top[j], weighted_exponent)
-        for k in range(components):
-            for j in range(n):
-                # capped: a zero-weight component far above the weighted ones would overflow
-                scaled[k, j] = min(exponent[k, j] - top[j], MAX_EXPONENT)
-        _exp_into(scaled.reshape(-1), scaled.reshape(-1), bits.reshape(-1))
-        total[:] = 0.0
-        nu_sum[:] = 0.0
-        for k in range(components):
-            for j in range(n):
-                scaled[k, j] /= s[k, j]
-                weighted = w[k, j] * scaled[k, j]
-                total[j] += weighted
-                nu_partial = half * t_shrunk[k, j] * inv_nu + 0.5 * exponent[k, j] / half
-                nu_sum[j] += weighted * nu_partial
-        _log_into(total, log_total, bits[0], powers[0])
+        mixture_block(value[first : first + n], nu, scratch)
+        block_logp, block_d_nu, d_w, d_m, d_s = (
+            scratch[3],
+            scratch[4],
+            scratch[5],
+            scratch[6],
+            scratch[7],
+        )
         for j in range(n):
-            logp[first + j] = top[j] + log_total[j]
-            d_nu[first + j] = nu_sum[j] / total[j]
+            logp[first + j] = block_logp[j]
+            d_nu[first + j] = block_d_nu[j]
         for k in range(components):
             for j in range(n):
-                responsibility = w[k, j] * scaled[k, j] / total[j]
-                d_weights[first + j, k] = scaled[k, j] / total[j]
-                d_means[first + j, k] = (
-                    z_shrunk[k, j] * responsibility * 2.0 * half * inv_nu / (s[k, j] * m[k, j])
-                )
-                d_sigmas[first + j, k] = (
-                    responsibility * (2.0 * half * t_shrunk[k, j] - 1.0) / s[k, j]
-                )
+                d_weights[first + j, k] = d_w[k, j]
+                d_means[first + j, k] = d_m[k, j]
+                d_sigmas[first + j, k] = d_s[k, j]
     return logp, d_nu, d_weights, d_means, d_sigmas
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def block_scratch(components):
+    """Scratch of one block for :func:`mixture_block`, allocated once per call (see
+    ``ROW_BLOCK``): inputs w, m, s; outputs logp, ∂ν, ∂w, ∂m, ∂s; then working arrays."""
+    block = (components, ROW_BLOCK)
+    return (
+        np.empty(block), np.empty(block), np.empty(block),
+        np.empty(ROW_BLOCK), np.empty(ROW_BLOCK),
+        np.empty(block), np.empty(block), np.empty(block),
+        np.empty(block), np.empty(block), np.empty(block), np.empty(block),
+        np.empty(ROW_BLOCK), np.empty(ROW_BLOCK), np.empty(ROW_BLOCK), np.empty(ROW_BLOCK),
+        np.empty(block, np.int64), np.empty(block), np.empty(block),
+    )  # fmt: skip
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", inline="always")
+def mixture_block(y, nu, scratch):
+    """Log density and partials of the first ``len(y)`` rows of a block whose weights,
+    means (µs) and scales are in the component-major ``scratch[0:3]``; writes the log
+    density (less the normalising constant) and its partials in ν, weights, means and
+    scales to ``scratch[3:8]``.
+
+    Per row: f_k = w_k (1 + t_k)^(−(ν+1)/2) / σ_k with t_k = ((y − log m_k) / σ_k)² / ν;
+    the log density is log Σ f_k, and every partial follows from f_k / Σ f. The powers
+    are scaled by the row's largest among weighted components, so none underflows; the
+    partial in a zero weight is capped (the model's zero weights are constants). The
+    loops have no calls and no branches that could raise, so LLVM turns them into SIMD
+    code, log and exp included (:func:`_log_into`, :func:`_exp_into`).
+    """
+    w, m, s, logp, d_nu, d_w, d_m, d_s = scratch[:8]
+    log_m, z_shrunk, t_shrunk, exponent = scratch[8:12]
+    top, total, nu_sum, log_total = scratch[12:16]
+    bits, powers, inv_s = scratch[16], scratch[17], scratch[18]
+    scaled = d_w  # its working values are done before it takes the weights' partials
+    components, n = w.shape[0], len(y)
+    half = 0.5 * (nu + 1.0)
+    inv_nu = 1.0 / nu
+    _log_into(m.reshape(-1), log_m.reshape(-1), bits.reshape(-1), powers.reshape(-1))
+    for k in range(components):
+        for j in range(n):
+            inv_s[k, j] = 1.0 / s[k, j]  # divisions are the slowest SIMD operation here
+            z = (y[j] - log_m[k, j]) * inv_s[k, j]
+            t = z * z * inv_nu
+            shrink = 1.0 / (1.0 + t)
+            z_shrunk[k, j] = z * shrink  # the mean partial's core
+            t_shrunk[k, j] = t * shrink  # the scale partial's core
+            scaled[k, j] = 1.0 + t
+    _log_into(scaled.reshape(-1), exponent.reshape(-1), bits.reshape(-1), powers.reshape(-1))
+    top[:] = -np.inf
+    for k in range(components):
+        for j in range(n):
+            exponent[k, j] *= -half  # log of (1 + t)^(−half)
+            weighted_exponent = exponent[k, j] if w[k, j] > 0.0 else -np.inf
+            top[j] = max(top[j], weighted_exponent)
+    for k in range(components):
+        for j in range(n):
+            # capped: a zero-weight component far above the weighted ones would overflow
+            scaled[k, j] = min(exponent[k, j] - top[j], MAX_EXPONENT)
+    _exp_into(scaled.reshape(-1), scaled.reshape(-1), bits.reshape(-1))
+    total[:] = 0.0
+    nu_sum[:] = 0.0
+    for k in range(components):
+        for j in range(n):
+            scaled[k, j] *= inv_s[k, j]
+            weighted = w[k, j] * scaled[k, j]
+            total[j] += weighted
+            nu_partial = half * t_shrunk[k, j] * inv_nu + 0.5 * exponent[k, j] / half
+            nu_sum[j] += weighted * nu_partial
+    _log_into(total, log_total, bits[0], powers[0])
+    for j in range(n):
+        logp[j] = top[j] + log_total[j]
+        total[j] = 1.0 / total[j]  # from here on, its inverse
+        d_nu[j] = nu_sum[j] * total[j]
+    for k in range(components):
+        for j in range(n):
+            d_w[k, j] = scaled[k, j] * total[j]
+            responsibility = w[k, j] * d_w[k, j] * inv_s[k, j]
+            d_m[k, j] = z_shrunk[k, j] * responsibility * 2.0 * half * inv_nu / m[k, j]
+            d_s[k, j] = responsibility * (2.0 * half * t_shrunk[k, j] - 1.0)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def cycle_kernel(
+    upstream, log_y, own_bases, prefill_bases, decode_bases, model_idx, workload_idx,
+    gap_steps, gap_weights, gap_counts, beta, scale, sigma_floor, sigma_step,
+    nu, rate, jump, spread,
+):  # fmt: skip
+    """The loop of :mod:`models.cycle_likelihood`, here beside the functions it inlines:
+    numba's cache checks only the file that defines a function.
+
+    Per row: own/prefill/decode step times = workload scale · Σ_k β_{k,model} · basis_k;
+    gap components c: mean (own + n_c·prefill + (gap − 1 − n_c)·decode) / gap with weight
+    (1 − stall weight)·P(n_c), scale √(σ_floor² + σ_step² / gap); the stall component:
+    mean E·(1 + (J − 1)/gap) with E the gap components' expected mean, weight
+    1 − (1 − rate)^gap, scale √(σ² + (spread·J / (gap + J − 1))²). With ``upstream``
+    None only the log density; otherwise also the gradient of Σ upstream · log density.
+
+    ``reassoc`` lets the sums over rows vectorise; nothing here depends on the order of
+    a sum beyond rounding.
+    """
+    n_bases, rows = own_bases.shape
+    n_gap = gap_weights.shape[0]
+    stall = n_gap  # index of the stall component
+    logp = np.empty(rows)
+    d_beta, d_scale = np.zeros_like(beta), np.zeros_like(scale)
+    d_floor, d_step = np.zeros_like(sigma_floor), np.zeros_like(sigma_step)
+    d_nu = d_rate = d_jump = d_spread = 0.0
+    scratch = block_scratch(n_gap + 1)
+    w, m, s = scratch[0], scratch[1], scratch[2]
+    block_logp, block_d_nu, d_w, d_m, d_s = (
+        scratch[3],
+        scratch[4],
+        scratch[5],
+        scratch[6],
+        scratch[7],
+    )
+    own, pre, dec = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
+    sigma, expected, keep = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
+    row_beta, up = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
+    bits = np.empty(ROW_BLOCK, np.int64)
+    log_keep = math.log1p(-rate)
+    for first in range(0, rows, ROW_BLOCK):
+        n = min(ROW_BLOCK, rows - first)
+        rows_of_block = slice(first, first + n)
+        model, workload, gap = (
+            model_idx[rows_of_block],
+            workload_idx[rows_of_block],
+            gap_steps[rows_of_block],
+        )
+        own[:] = 0.0
+        pre[:] = 0.0
+        dec[:] = 0.0
+        for k in range(n_bases):
+            for j in range(n):
+                row_beta[j] = beta[model[j], k]
+            xo, xp, xd = (
+                own_bases[k, rows_of_block], prefill_bases[k, rows_of_block],
+                decode_bases[k, rows_of_block],
+            )  # fmt: skip
+            for j in range(n):
+                own[j] += row_beta[j] * xo[j]
+                pre[j] += row_beta[j] * xp[j]
+                dec[j] += row_beta[j] * xd[j]
+        for j in range(n):
+            row_scale = scale[workload[j]]
+            own[j] *= row_scale
+            pre[j] *= row_scale
+            dec[j] *= row_scale
+            floor, step = sigma_floor[model[j]], sigma_step[model[j]]
+            sigma[j] = math.sqrt(floor * floor + step * step / gap[j])
+            keep[j] = gap[j] * log_keep
+        _exp_into(keep, keep, bits)  # (1 − rate)^gap: no step of the gap stalled
+        expected[:] = 0.0
+        for c in range(n_gap):
+            pc, nc = gap_weights[c, rows_of_block], gap_counts[c, rows_of_block]
+            for j in range(n):
+                untraced = gap[j] - 1.0
+                mean = (own[j] + nc[j] * pre[j] + (untraced - nc[j]) * dec[j]) / gap[j]
+                m[c, j] = mean
+                w[c, j] = keep[j] * pc[j]
+                s[c, j] = sigma[j]
+                expected[j] += pc[j] * mean
+        for j in range(n):
+            m[stall, j] = expected[j] * (1.0 + (jump - 1.0) / gap[j])
+            w[stall, j] = 1.0 - keep[j]
+            shift = spread * jump / (gap[j] + jump - 1.0)
+            s[stall, j] = math.sqrt(sigma[j] * sigma[j] + shift * shift)
+        mixture_block(log_y[rows_of_block], nu, scratch)
+        logp[rows_of_block] = block_logp[:n]
+        if upstream is None:
+            continue
+        # Fold the partials back. Reuse own/pre/dec for ∂/∂(own, prefill, decode) after
+        # taking what the scale's partial needs from them.
+        for j in range(n):
+            up[j] = upstream[first + j]
+            d_nu += up[j] * block_d_nu[j]
+        for j in range(n):
+            g = gap[j]
+            d_stall_mean = d_m[stall, j] * up[j]
+            d_stall_sigma = d_s[stall, j] * up[j]
+            stall_shift = spread * jump / (g + jump - 1.0)
+            d_shift = d_stall_sigma * stall_shift / s[stall, j]
+            d_jump += d_stall_mean * expected[j] / g + d_shift * spread * (g - 1.0) / (
+                (g + jump - 1.0) * (g + jump - 1.0)
+            )
+            d_spread += d_shift * jump / (g + jump - 1.0)
+            d_stall_weight = d_w[stall, j] * up[j]
+            d_expected = d_stall_mean * (1.0 + (jump - 1.0) / g)
+            d_sigma = d_stall_sigma * sigma[j] / s[stall, j]
+            d_own = d_pre = d_dec = 0.0
+            for c in range(n_gap):
+                pc, nc = gap_weights[c, first + j], gap_counts[c, first + j]
+                d_stall_weight -= pc * d_w[c, j] * up[j]
+                d_mean = (d_m[c, j] * up[j] + d_expected * pc) / g
+                d_own += d_mean
+                d_pre += d_mean * nc
+                d_dec += d_mean * (g - 1.0 - nc)
+                d_sigma += d_s[c, j] * up[j]
+            d_rate += d_stall_weight * g * keep[j] / (1.0 - rate)
+            floor, step = sigma_floor[model[j]], sigma_step[model[j]]
+            d_floor[model[j]] += d_sigma * floor / sigma[j]
+            d_step[model[j]] += d_sigma * step / (g * sigma[j])
+            row_scale = scale[workload[j]]
+            d_scale[workload[j]] += (d_own * own[j] + d_pre * pre[j] + d_dec * dec[j]) / row_scale
+            own[j], pre[j], dec[j] = d_own * row_scale, d_pre * row_scale, d_dec * row_scale
+        _fold_into_beta(d_beta, model, own, pre, dec, own_bases, prefill_bases, decode_bases, first)
+    return logp, d_beta, d_scale, d_floor, d_step, d_nu, d_rate, d_jump, d_spread
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _fold_into_beta(
+    d_beta, model, d_own, d_pre, d_dec, own_bases, prefill_bases, decode_bases, first
+):
+    """d_beta[m, k] += Σ over the block's rows of model m of the rows' partials times
+    their bases; a sum per run of rows of one model, so the sums vectorise."""
+    n = len(model)
+    start = 0
+    while start < n:
+        end = start + 1
+        while end < n and model[end] == model[start]:
+            end += 1
+        rows = slice(first + start, first + end)
+        for k in range(d_beta.shape[1]):
+            xo, xp, xd = own_bases[k, rows], prefill_bases[k, rows], decode_bases[k, rows]
+            total = 0.0
+            for j in range(end - start):
+                total += (
+                    d_own[start + j] * xo[j] + d_pre[start + j] * xp[j] + d_dec[start + j] * xd[j]
+                )
+            d_beta[model[start], k] += total
+        start = end
 
 
 # exp and log without libm calls, so loops over them vectorise; both within 2 ulp of libm.
@@ -234,9 +423,12 @@ def mixture_logp(value, nu, weights: list, means: list, sigmas: list):
     """Per-row log density of the mixture (a PyTensor expression); one weight, mean (µs)
     and scale vector per component."""
     stacked = (pt.stack(list(x), axis=-1) for x in (weights, means, sigmas))
-    unnormalised = StudentTMixtureLogp()(value, nu, *stacked)[0]
-    half = 0.5 * (nu + 1.0)
-    return unnormalised + pt.gammaln(half) - pt.gammaln(0.5 * nu) - 0.5 * pt.log(nu * np.pi)
+    return StudentTMixtureLogp()(value, nu, *stacked)[0] + student_t_log_normaliser(nu)
+
+
+def student_t_log_normaliser(nu):
+    """log Γ((ν+1)/2) − log Γ(ν/2) − ½ log(νπ): what the kernels leave out of the density."""
+    return pt.gammaln(0.5 * (nu + 1.0)) - pt.gammaln(0.5 * nu) - 0.5 * pt.log(nu * np.pi)
 
 
 def student_t_mixture(name: str, nu, weights: list, means: list, sigmas: list, observed):
@@ -251,10 +443,15 @@ def student_t_mixture(name: str, nu, weights: list, means: list, sigmas: list, o
 
     def dist(nu, *params_and_size):
         *params, size = params_and_size
-        weights, means, sigmas = (pt.stack(params[i * k : (i + 1) * k], axis=-1) for i in range(3))
-        components = pm.StudentT.dist(nu=nu, mu=pt.log(means), sigma=sigmas)
-        return pm.Mixture.dist(w=weights, comp_dists=components, size=size)
+        return student_t_mixture_dist(nu, params[:k], params[k : 2 * k], params[2 * k :], size=size)
 
     return pm.CustomDist(
         name, nu, *weights, *means, *sigmas, dist=dist, logp=logp, observed=observed
     )
+
+
+def student_t_mixture_dist(nu, weights: list, means: list, sigmas: list, size=None):
+    """The mixture as a PyMC distribution, to draw from."""
+    weights, means, sigmas = (pt.stack(list(x), axis=-1) for x in (weights, means, sigmas))
+    components = pm.StudentT.dist(nu=nu, mu=pt.log(means), sigma=sigmas)
+    return pm.Mixture.dist(w=weights, comp_dists=components, size=size)

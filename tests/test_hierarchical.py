@@ -1,5 +1,6 @@
 """The PyMC model: its likelihood equals a hand computation, and its priors are plausible."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -11,7 +12,16 @@ from scipy import stats
 
 from inference.estimator import StepTimeModel
 from inference.laplace import CURVATURE_FLOOR
-from models.hierarchical import GroupCoords, build_model, per_model_matvec
+from models.cycle_likelihood import cycle_mixture_logp
+from models.design import Design
+from models.hierarchical import (
+    GroupCoords,
+    build_model,
+    cycle_rows,
+    gap_mixture_components,
+    per_model_matvec,
+)
+from models.mixture import ROW_BLOCK, mixture_logp
 from models.priors import DEFAULT_PRIORS
 
 
@@ -267,3 +277,84 @@ def test_both_samplers_return_the_original_variables(tiny_steps, sampler, init):
     assert np.all(post["sigma_step"] > 0) and np.all(np.isfinite(post["log_beta"]))
     # "map" keeps the model's own coordinates: only the origin moves to the mode
     assert (post.attrs["laplace_condition_number"] > 1.0) == (init == "laplace")
+
+
+def take_rows(design: Design, rows: np.ndarray) -> Design:
+    """The design's rows ``rows``, in that order."""
+    per_row = {
+        f.name: getattr(design, f.name)[rows]
+        for f in dataclasses.fields(design)
+        if isinstance(getattr(design, f.name), np.ndarray)
+    }
+    return dataclasses.replace(design, **per_row)
+
+
+def random_parameters(coords: GroupCoords, n_bases: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    n_models, n_workloads = len(coords.models), len(coords.workloads)
+    return {
+        "beta": np.exp(rng.normal(0.0, 0.3, (n_models, n_bases))),
+        "scale": np.exp(rng.normal(0.0, 0.1, n_workloads)),
+        "sigma_floor": rng.uniform(0.02, 0.1, n_models),
+        "sigma_step": rng.uniform(0.1, 0.4, n_models),
+        "nu": np.array(4.5),
+        "rate": np.array(0.02),
+        "jump": np.array(6.0),
+        "spread": np.array(0.3),
+    }
+
+
+def test_fused_cycle_kernel_equals_the_graph_mixture(cycle_design):
+    """Value and gradient of the fused kernel equal the same mixture built as a PyTensor
+    graph and scored by the plain kernel: rows over three blocks, the last one partial,
+    models shuffled so that every run of one model is a row or two, single-step rows."""
+    estimator, design, coords = cycle_design
+    rng = np.random.default_rng(0)
+    design = take_rows(design, rng.integers(0, len(design), 2 * ROW_BLOCK + 77))
+    gap_steps = design.gap_steps.copy()
+    gap_steps[::7] = 1.0
+    design = dataclasses.replace(design, gap_steps=gap_steps)
+    model_idx, workload_idx = coords.indices(design)
+    values = random_parameters(coords, len(design.basis_names), seed=1)
+    params = {name: pt.as_tensor(value).type() for name, value in values.items()}
+    names = list(params)
+    value = np.log(design.y)
+    fused = cycle_mixture_logp(
+        value, cycle_rows(design, model_idx, workload_idx), *(params[n] for n in names)
+    )
+    stall = (params["rate"], params["jump"], params["spread"])
+    components = gap_mixture_components(
+        design, model_idx, workload_idx, *(params[n] for n in names[:4]), None, stall
+    )
+    graph = mixture_logp(value, params["nu"], *components)
+    upstream = rng.uniform(0.5, 1.5, len(design))  # any upstream, not only a sum's ones
+    inputs = [params[n] for n in names]
+    outputs = []
+    for logp in (fused, graph):
+        outputs += [logp, *pytensor.grad(pt.sum(upstream * logp), inputs)]
+    for mode in ("FAST_RUN", "NUMBA"):
+        results = pytensor.function(inputs, outputs, mode=mode)(*values.values())
+        half = len(results) // 2
+        for name, got, want in zip(["logp", *names], results[:half], results[half:], strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=f"{mode} {name}")
+
+
+def test_compiled_model_makes_one_pass_and_its_gradient_is_right(cycle_design):
+    """What nutpie compiles: one fused node serves the log density and its gradient, and
+    the gradient equals central finite differences of the log density."""
+    estimator, design, coords = cycle_design
+    pm_model = build_model(design, estimator.priors, coords)
+    function = pm_model.logp_dlogp_function(ravel_inputs=True, mode="NUMBA")
+    function.set_extra_values({})
+    nodes = [type(n.op).__name__ for n in function._pytensor_function.maker.fgraph.apply_nodes]
+    assert [n for n in nodes if n.startswith("CycleMixture")] == ["CycleMixtureLogpGrad"]
+    rng = np.random.default_rng(2)
+    point = np.concatenate([v.ravel() for v in pm_model.initial_point().values()])
+    point += rng.normal(0.0, 0.3, point.size)
+    _, gradient = function(point)
+    step = 1e-6
+    numeric = [
+        (function(point + step * e)[0] - function(point - step * e)[0]) / (2 * step)
+        for e in np.eye(point.size)
+    ]
+    np.testing.assert_allclose(gradient, numeric, rtol=1e-5, atol=1e-5)
