@@ -1,8 +1,8 @@
 """Wall time of a full NUTS fit, with its convergence, on a prepared step table.
 
     .venv/bin/python benchmarks/bench_fit.py --data steps.parquet --split split_indices.json \
-        [--target cycle] [--chains 2] [--draws 1000] [--init laplace] [--target-accept 0.95]
-        [--out FITDIR]
+        [--target cycle] [--chains 2] [--draws 1000] [--tune DRAWS] [--init laplace]
+        [--target-accept 0.95] [--out FITDIR]
 
 Prints rows fitted, chains × draws, compile+sampling wall time and the convergence line.
 The goal from the project's issue is ≤ 10 minutes for the ~165K-step synthetic campaign
@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--target", default="cycle", choices=("cycle", "schedule"))
     parser.add_argument("--chains", type=int, default=2)
     parser.add_argument("--draws", type=int, default=1000)
+    parser.add_argument("--tune", type=int, help="warm-up draws (default: as many as --draws)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--init", default="map", choices=("laplace", "map", "support_point"))
     parser.add_argument("--target-accept", type=float, default=0.95)
@@ -40,12 +41,13 @@ def main() -> None:
     steps = load_steps(args.data)
     rows = np.array(select_rows(steps, load_splits(args.split), args.split_name, "train"))
     model = StepTimeModel(target=args.target)
+    tune = args.draws if args.tune is None else args.tune
     started = time.perf_counter()
     model.fit(
         steps,
         rows,
         draws=args.draws,
-        tune=args.draws,
+        tune=tune,
         chains=args.chains,
         seed=args.seed,
         progressbar=False,
@@ -57,7 +59,7 @@ def main() -> None:
     attrs = model.idata_.posterior.attrs
     print(
         f"rows fitted: {attrs['n_observations']}  target: {args.target}  "
-        f"chains × draws: {args.chains} × {args.draws} (+{args.draws} tune)  init: {args.init}  "
+        f"chains × draws: {args.chains} × {args.draws} (+{tune} tune)  init: {args.init}  "
         f"target accept: {args.target_accept}"
     )
     print(

@@ -147,6 +147,8 @@ def add_step_time_likelihood(
     host = design.host if priors.host is not None else None
     parameters = [beta, scale_by_workload, sigma_floor, sigma_step]
     if stall is not None and host is None:
+        # The default cycle likelihood, scored by one compiled pass (models.cycle_likelihood)
+        # and drawn from as the graph below builds it; host-bound steps stay a graph.
         rows = cycle_rows(design, model_idx, workload_idx)
 
         def logp(value, nu, *params):

@@ -9,7 +9,10 @@ transcendentals per row and component (the log of the mean, a log, an exp), and 
 gradient reuses them instead of differentiating the graph again. Those log and exp are
 polynomials on the float's bits, not libm calls, and the kernel raises no Python errors
 (``error_model="numpy"``), so its loops compile to SIMD code: 15 ms a gradient on those
-rows, 20 ms with libm's scalar calls. The kernel is numba ``nopython`` code, not NumPy:
+rows, 20 ms with libm's scalar calls. The cycle likelihood goes one step further: its
+loop (:func:`cycle_kernel`, used by :mod:`models.cycle_likelihood`) also builds each row's
+mixture from the coefficients and folds the partials back into them, 9 ms a gradient.
+The kernels are numba ``nopython`` code, not NumPy:
 nutpie evaluates two chains' gradients in parallel threads, and NumPy code there would
 make them queue for Python's lock (a NumPy version of this kernel took 29 ms a gradient
 with two chains, 13 ms with one).
