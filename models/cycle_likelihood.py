@@ -2,11 +2,12 @@
 gradient in every parameter out.
 
 The same density as :func:`models.hierarchical.gap_mixture_components` scored by
-:func:`models.mixture.mixture_logp`, but written as a PyTensor graph that one spends
-half of a gradient outside the kernel: three per-model matrix products and their
-transposes, the mixture's means, weights and scales, the stall component, and
-row-by-component arrays of partials passed between them (``benchmarks/bench_gradient.py``
-on the ~100K rows of the synthetic campaign). Here a single loop over blocks of rows
+:func:`models.mixture.mixture_logp`. Built that way, as a PyTensor graph around the
+mixture kernel, it spent half of each gradient outside the kernel: three per-model
+matrix products and their transposes, the mixture's means, weights and scales, the stall
+component, and row-by-component arrays of partials passed between them (15.5 ms a
+gradient on the ~100K rows of the synthetic campaign, 9.2 ms fused;
+``benchmarks/bench_gradient.py``). Here a single loop over blocks of rows
 builds each row's mixture from the coefficients, scores it with
 :func:`models.mixture.mixture_block` and folds the partials back into the gradient of
 the coefficients, workload scales, noise and stall parameters, so nothing row-sized
@@ -167,7 +168,7 @@ def _numba_cycle_logp_grad(op, node, **kwargs):
     @numba_basic.numba_njit
     def cycle_logp_grad(
         up, y, own, pre, dec, model, workload, gap, gw, gc, beta, scale, sf, ss, nu, r, j, s
-    ):  # noqa: E501
+    ):
         logp, d_beta, d_scale, d_sf, d_ss, d_nu, d_r, d_j, d_s = cycle_kernel(
             up, y, own, pre, dec, model, workload, gap, gw, gc, beta, scale, sf, ss,
             nu.item(), r.item(), j.item(), s.item(),

@@ -97,13 +97,7 @@ def _mixture_kernel(value, nu, weights, means, sigmas):
                 m[k, j] = means[first + j, k]
                 s[k, j] = sigmas[first + j, k]
         mixture_block(value[first : first + n], nu, scratch)
-        block_logp, block_d_nu, d_w, d_m, d_s = (
-            scratch[3],
-            scratch[4],
-            scratch[5],
-            scratch[6],
-            scratch[7],
-        )
+        block_logp, block_d_nu, d_w, d_m, d_s = scratch[3:8]
         for j in range(n):
             logp[first + j] = block_logp[j]
             d_nu[first + j] = block_d_nu[j]
@@ -224,13 +218,7 @@ def cycle_kernel(
     d_nu = d_rate = d_jump = d_spread = 0.0
     scratch = block_scratch(n_gap + 1)
     w, m, s = scratch[0], scratch[1], scratch[2]
-    block_logp, block_d_nu, d_w, d_m, d_s = (
-        scratch[3],
-        scratch[4],
-        scratch[5],
-        scratch[6],
-        scratch[7],
-    )
+    block_logp, block_d_nu, d_w, d_m, d_s = scratch[3:8]
     own, pre, dec = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
     sigma, expected, keep = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
     row_beta, up = np.empty(ROW_BLOCK), np.empty(ROW_BLOCK)
