@@ -43,7 +43,7 @@ from models.priors import DEFAULT_PRIORS, HOST_MODEL, PriorConfig
 
 POSTERIOR_FILE = "posterior.nc"
 CONFIG_FILE = "model.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the scheduler regime has per-model p_max, growth and a learnt width
 
 
 def code_version() -> str:
@@ -293,8 +293,12 @@ class StepTimeModel:
             config = json.loads((folder / CONFIG_FILE).read_text())
         except (OSError, json.JSONDecodeError) as err:
             raise ValueError(f"{folder}: not a fit folder ({CONFIG_FILE}: {err})") from None
-        if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder}: unsupported fit format {config.get('format_version')}")
+        version = config.get("format_version")
+        if version != FORMAT_VERSION and not (version == 1 and not _has_regime(config)):
+            raise ValueError(
+                f"{folder}: unsupported fit format {version} (this steptime reads "
+                f"{FORMAT_VERSION}, and 1 for fits without a scheduler regime: refit)"
+            )
         hardware_name = config["hardware"]["name"]
         model = cls(
             target=config["target"],
@@ -307,6 +311,12 @@ class StepTimeModel:
         )
         model.idata_ = az.from_netcdf(folder / POSTERIOR_FILE)
         return model
+
+
+def _has_regime(config: dict) -> bool:
+    """Whether a saved fit's priors hold a scheduler regime (its own or its host's)."""
+    priors = config.get("priors", {})
+    return bool(priors.get("regime") or (priors.get("host") or {}).get("regime"))
 
 
 def _draws_of(post: xr.Dataset, basis_names, priors: PriorConfig, prefix: str, basis_dim: str):
@@ -334,15 +344,11 @@ def _draws_of(post: xr.Dataset, basis_names, priors: PriorConfig, prefix: str, b
         regime=None
         if regime is None
         else RegimeDraws(
-            threshold=values("threshold", "model"),
-            threshold_population=values("threshold_population"),
-            jump=values("jump", "model"),
-            jump_population=values("jump_population"),
-            slow_sigma=values("slow_sigma", "model"),
-            p_max=values("p_max"),
-            threshold_model_sd=regime.threshold_model_sd,
-            jump_model_sd=regime.jump_model_sd,
-            width=regime.width,
+            **{
+                name: values(name, "model") if name in RegimeDraws.PER_MODEL else values(name)
+                for name in RegimeDraws.PER_DRAW
+            },
+            **{name: getattr(regime, name) for name in RegimeDraws.HYPERPARAMETERS},
         ),
         stall=None
         if priors.stall is None or prefix + "stall_rate" not in post

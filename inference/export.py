@@ -29,13 +29,15 @@ import numpy as np
 from inference.predictive import PosteriorDraws, RegimeDraws, StallDraws
 
 ARTIFACT_FORMAT = "steptime-artifact"
-ARTIFACT_VERSION = 3  # 2: optional "stall" section; 3: optional "host" sub-artifact
-READABLE_VERSIONS = (2, 3)  # a version-2 artifact is a version-3 one without "host"
+# 2: optional "stall" section; 3: optional "host" sub-artifact; 4: the regime's per-model
+# p_max, growth and learnt width
+ARTIFACT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # earlier versions read as version 4 unless they hold a regime
+FIRST_VERSION_OF_REGIME = 4
 SCHEMA_FILE = "steptime_artifact.schema.json"
 SIGNIFICANT_DIGITS = 6
 MAX_ARTIFACT_BYTES = 2_000_000
 PER_DRAW_FIELDS = PosteriorDraws.PER_DRAW
-REGIME_HYPERPARAMETERS = ("threshold_model_sd", "jump_model_sd", "width")
 
 
 class ArtifactError(ValueError):
@@ -72,7 +74,7 @@ def basis_constants() -> dict[str, float]:
 
 def regime_section(regime: RegimeDraws) -> dict[str, Any]:
     """The ``regime`` object of an artifact: fixed hyperparameters plus per-draw arrays."""
-    return {name: float(getattr(regime, name)) for name in REGIME_HYPERPARAMETERS} | {
+    return {name: float(getattr(regime, name)) for name in RegimeDraws.HYPERPARAMETERS} | {
         name: _round(getattr(regime, name)) for name in RegimeDraws.PER_DRAW
     }
 
@@ -268,12 +270,7 @@ def _shape_errors(artifact: dict) -> list[str]:
     errors = _array_shape_errors(draws, expected, "$.draws")
     if artifact.get("regime") is not None:
         regime_shapes = {
-            "threshold": (d, m),
-            "threshold_population": (d,),
-            "jump": (d, m),
-            "jump_population": (d,),
-            "slow_sigma": (d, m),
-            "p_max": (d,),
+            name: (d, m) if name in RegimeDraws.PER_MODEL else (d,) for name in RegimeDraws.PER_DRAW
         }
         errors += _array_shape_errors(artifact["regime"], regime_shapes, "$.regime")
     if artifact.get("stall") is not None:
@@ -303,6 +300,11 @@ def validate_artifact(artifact: Any, source: str = "artifact") -> dict:
         raise ArtifactError(
             f"{source}: unsupported artifact version {artifact.get('version')!r} "
             f"(this steptime reads versions {list(READABLE_VERSIONS)})"
+        )
+    if artifact.get("regime") is not None and artifact["version"] < FIRST_VERSION_OF_REGIME:
+        raise ArtifactError(
+            f"{source}: a version-{artifact['version']} artifact's scheduler regime is the "
+            f"old form (one p_max, fixed width, no growth); re-fit and re-export it"
         )
     errors = _schema_errors(artifact, load_schema(), "$")
     if not errors:
@@ -375,5 +377,5 @@ def _regime_draws(regime: dict | None) -> RegimeDraws | None:
         return None
     return RegimeDraws(
         **{name: np.asarray(regime[name], dtype=float) for name in RegimeDraws.PER_DRAW},
-        **{name: float(regime[name]) for name in REGIME_HYPERPARAMETERS},
+        **{name: float(regime[name]) for name in RegimeDraws.HYPERPARAMETERS},
     )

@@ -8,14 +8,14 @@ Importing this module never imports PyMC.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from models.basis import host_bound_step_us
 
 
-def slow_probability(p_max, threshold, width: float, running):
+def slow_probability(p_max, threshold, width, running):
     """P(slow step) = p_max · sigmoid((running − threshold) / width); broadcasts.
 
     The sigmoid is written as (1 + tanh(z/2)) / 2, which never overflows.
@@ -23,44 +23,105 @@ def slow_probability(p_max, threshold, width: float, running):
     return p_max * 0.5 * (1.0 + np.tanh(0.5 * (np.asarray(running) - threshold) / width))
 
 
+def slow_log_jump(jump, growth, threshold, running):
+    """log(slow / fast time) = jump + growth · log(running / threshold); broadcasts.
+
+    Both counts are floored at one request, so an empty queue or an unseen model's
+    threshold drawn near zero stay finite.
+    """
+    ratio = np.maximum(np.asarray(running, dtype=float), 1.0) / np.maximum(threshold, 1.0)
+    return jump + growth * np.log(ratio)
+
+
+@dataclass(frozen=True)
+class ModelRegime:
+    """The slow regime of one model, per draw (each field (draw,))."""
+
+    threshold: np.ndarray
+    jump: np.ndarray
+    growth: np.ndarray
+    slow_sigma: np.ndarray
+    p_max: np.ndarray
+    width: np.ndarray
+
+    def p_slow(self, running) -> np.ndarray:
+        """(…, draw) P(slow) at running-queue depths broadcast against the draw axis."""
+        return slow_probability(self.p_max, self.threshold, self.width, running)
+
+    def log_jump(self, running) -> np.ndarray:
+        """(…, draw) log slow/fast time ratio, broadcast as :meth:`p_slow`."""
+        return slow_log_jump(self.jump, self.growth, self.threshold, running)
+
+    def central(self) -> ModelRegime:
+        """One draw of central values: means of the log-scale parameters, medians of the rest."""
+        return ModelRegime(
+            threshold=np.array([np.mean(self.threshold)]),
+            jump=np.array([np.mean(self.jump)]),
+            growth=np.array([np.mean(self.growth)]),
+            slow_sigma=np.array([np.median(self.slow_sigma)]),
+            p_max=np.array([np.median(self.p_max)]),
+            width=np.array([np.median(self.width)]),
+        )
+
+    def take(self, keep) -> ModelRegime:
+        return ModelRegime(*(getattr(self, f.name)[keep] for f in fields(self)))
+
+
 @dataclass(frozen=True)
 class RegimeDraws:
-    """Draws of the scheduler's slow-regime mixture (``schedule`` fits only)."""
+    """Draws of the scheduler's slow-regime mixture (``schedule`` fits only); see
+    :class:`models.priors.RegimePrior`. p_max is a probability, pooled on the logit scale."""
 
     threshold: np.ndarray  # (draw, model) running requests where the switch is half-way
     threshold_population: np.ndarray  # (draw,)
-    jump: np.ndarray  # (draw, model) log slow/fast ratio
+    jump: np.ndarray  # (draw, model) log slow/fast ratio at the threshold
     jump_population: np.ndarray  # (draw,)
+    growth: np.ndarray  # (draw, model) exponent of the slow ratio in running / threshold
+    growth_population: np.ndarray  # (draw,)
     slow_sigma: np.ndarray  # (draw, model)
-    p_max: np.ndarray  # (draw,)
+    p_max: np.ndarray  # (draw, model)
+    p_max_population: np.ndarray  # (draw,)
+    width: np.ndarray  # (draw,) requests over which the switch happens
     threshold_model_sd: float
     jump_model_sd: float
-    width: float
+    growth_model_sd: float
+    p_max_model_sd: float  # logit scale
 
     PER_DRAW = (
         "threshold",
         "threshold_population",
         "jump",
         "jump_population",
+        "growth",
+        "growth_population",
         "slow_sigma",
         "p_max",
+        "p_max_population",
+        "width",
     )
+    PER_MODEL = ("threshold", "jump", "growth", "slow_sigma", "p_max")
+    HYPERPARAMETERS = ("threshold_model_sd", "jump_model_sd", "growth_model_sd", "p_max_model_sd")
 
     def take(self, keep: np.ndarray) -> RegimeDraws:
         changes = {name: getattr(self, name)[keep] for name in self.PER_DRAW}
         return RegimeDraws(**{**self.__dict__, **changes})
 
-    def for_model(
-        self, draws: PosteriorDraws, model: str, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(threshold, jump, slow σ) per draw; an unseen model via the hyperprior."""
+    def for_model(self, draws: PosteriorDraws, model: str, rng: np.random.Generator) -> ModelRegime:
+        """The regime per draw of one model; an unseen model via the hyperprior."""
         if model in draws.models:
             i = draws.models.index(model)
-            return self.threshold[:, i], self.jump[:, i], self.slow_sigma[:, i]
-        n = self.p_max.shape[0]
+            return ModelRegime(
+                *(getattr(self, name)[:, i] for name in self.PER_MODEL), width=self.width
+            )
+        n = self.width.shape[0]
         threshold = self.threshold_population + self.threshold_model_sd * rng.standard_normal(n)
         jump = self.jump_population + self.jump_model_sd * rng.standard_normal(n)
-        return threshold, jump, self.slow_sigma.mean(axis=1)
+        growth = self.growth_population + self.growth_model_sd * rng.standard_normal(n)
+        logit = np.log(self.p_max_population / (1.0 - self.p_max_population))
+        p_max = 1.0 / (1.0 + np.exp(-(logit + self.p_max_model_sd * rng.standard_normal(n))))
+        return ModelRegime(
+            threshold, jump, growth, self.slow_sigma.mean(axis=1), p_max, width=self.width
+        )
 
 
 @dataclass(frozen=True)
@@ -251,16 +312,11 @@ def predictive_draws(
             raise ValueError("this fit has a scheduler regime: pass running_reqs")
         for m in np.unique(model):
             rows = model == m
-            threshold, jump, slow_sigma = draws.regime.for_model(draws, str(m), rng)
-            p_slow = slow_probability(
-                draws.regime.p_max[:, None],
-                threshold[:, None],
-                draws.regime.width,
-                running_reqs[rows][None, :],
-            )
-            slow = rng.random(p_slow.shape) < p_slow
-            log_mean[:, rows] += np.where(slow, jump[:, None], 0.0)
-            sigma[:, rows] = np.where(slow, slow_sigma[:, None], sigma[:, rows])
+            regime = draws.regime.for_model(draws, str(m), rng)
+            running = np.asarray(running_reqs)[rows][:, None]  # against the draw axis
+            slow = rng.random((draws.n_draws, int(rows.sum()))) < regime.p_slow(running).T
+            log_mean[:, rows] += np.where(slow, regime.log_jump(running).T, 0.0)
+            sigma[:, rows] = np.where(slow, regime.slow_sigma[:, None], sigma[:, rows])
     if draws.stall is not None:
         stalled = rng.random(log_mean.shape) < 1.0 - (1.0 - draws.stall.rate[:, None]) ** gap_steps
         jump = np.exp(

@@ -16,10 +16,11 @@ artifact's draws:
     σ_d = sqrt(σ_floor,m,d² + σ_step,m,d² / gap)  (gap = 1 for one simulated step)
 
 A ``schedule`` artifact with a ``regime`` section (the scheduler's slow regime) mixes in
-slow steps: P(slow) = p_max_d · sigmoid((running_reqs − threshold_m,d) / width), and a slow
-step's time is the fast noise-free time times exp(jump_m,d) with log-noise scale
-slow_sigma_m,d instead of σ_d (:class:`inference.predictive.RegimeDraws`; an unseen model
-draws its threshold and jump through the hyperprior with
+slow steps: P(slow) = p_max_m,d · sigmoid((running_reqs − threshold_m,d) / width_d), and a
+slow step's time is the fast noise-free time times
+exp(jump_m,d) · (running_reqs / threshold_m,d)^growth_m,d with log-noise scale
+slow_sigma_m,d instead of σ_d (:class:`inference.predictive.ModelRegime`; an unseen model
+draws its regime through the hyperprior with
 :meth:`~inference.predictive.RegimeDraws.for_model`). Every path below includes it.
 
 A ``cycle`` artifact with a ``host`` section (a ``--host-bound`` fit) carries the
@@ -62,13 +63,13 @@ from data_prep.specs import (
 )
 from inference.export import load_artifact, posterior_draws, validate_artifact
 from inference.predictive import (
+    ModelRegime,
     PosteriorDraws,
     StallDraws,
     coefficient_draws,
     design_predictive,
     mape_optimal_point,
     noise_draws,
-    slow_probability,
     summarize_predictive,
     workload_draws,
 )
@@ -227,21 +228,18 @@ def probe_features(n: int = 256, seed: int = 12345) -> BatchFeatures:
 class RegimeContext:
     """The slow regime of one (model, TP, workload): per-draw parameters and fixed samples."""
 
-    threshold: np.ndarray  # (draw,)
-    jump: np.ndarray  # (draw,)
-    slow_sigma: np.ndarray  # (draw,)
-    p_max: np.ndarray  # (draw,)
-    width: float
-    eps_slow: np.ndarray  # (R, draw) exp(jump + slow_sigma·t), predict()'s clipped t
+    draws: ModelRegime  # (draw,) per parameter
+    central: ModelRegime  # one draw of central parameters (parameter_uncertainty=False)
+    eps_slow: np.ndarray  # (R, draw) exp(slow_sigma·t), predict()'s clipped t
     uniform: np.ndarray  # (R, draw) fixed uniforms: sample (r, d) is slow when u < P(slow)
-    threshold_central: float  # central parameters (parameter_uncertainty=False)
-    jump_central: float
-    slow_sigma_central: float
-    p_max_central: float
 
     def p_slow(self, running: np.ndarray) -> np.ndarray:
         """(steps, draw) P(slow) of steps with the given running-queue depths."""
-        return slow_probability(self.p_max, self.threshold, self.width, running[:, None])
+        return self.draws.p_slow(running[:, None])
+
+    def jump_factor(self, running: np.ndarray) -> np.ndarray:
+        """(steps, draw) slow / fast time ratio of those steps."""
+        return np.exp(self.draws.log_jump(running[:, None]))
 
 
 @dataclass
@@ -435,20 +433,12 @@ class StepTimeSampler:
         t = np.clip(t, -bound, bound)
         regime = None
         if regime_draws is not None:
-            threshold, jump, slow_sigma = regime_draws
             regime = RegimeContext(
-                threshold=threshold,
-                jump=jump,
-                slow_sigma=slow_sigma,
-                p_max=draws.regime.p_max,
-                width=draws.regime.width,
+                draws=regime_draws,
+                central=regime_draws.central(),
                 # the same t as the fast samples, as inference.predictive.predictive_draws
-                eps_slow=np.exp(jump[None, :] + slow_sigma[None, :] * t),
+                eps_slow=np.exp(regime_draws.slow_sigma[None, :] * t),
                 uniform=rng.random(t.shape),
-                threshold_central=float(np.mean(threshold)),
-                jump_central=float(np.mean(jump)),
-                slow_sigma_central=float(np.median(slow_sigma)),
-                p_max_central=float(np.median(draws.regime.p_max)),
             )
         eps = np.exp(sigma[None, :] * t)
         if draws.stall is not None:
@@ -548,7 +538,8 @@ class StepTimeSampler:
             noise = context.eps[None, :, :]
         else:
             slow = regime.uniform[None, :, :] < regime.p_slow(running)[:, None, :]
-            noise = np.where(slow, regime.eps_slow[None, :, :], context.eps[None, :, :])
+            eps_slow = regime.eps_slow[None, :, :] * regime.jump_factor(running)[:, None, :]
+            noise = np.where(slow, eps_slow, context.eps[None, :, :])
         steps = mean.shape[0]
         mean = mean[:, None, :]
         if context.host is not None:
@@ -620,8 +611,8 @@ class StepTimeSampler:
         if regime is None:
             noise = ctx.eps
         else:
-            p_slow = slow_probability(regime.p_max, regime.threshold, regime.width, running)
-            noise = np.where(regime.uniform < p_slow, regime.eps_slow, ctx.eps)
+            eps_slow = regime.eps_slow * np.exp(regime.draws.log_jump(running))
+            noise = np.where(regime.uniform < regime.draws.p_slow(running), eps_slow, ctx.eps)
         samples = (noise * (ctx.beta @ bases)).ravel()
         samples.sort()
         n = samples.shape[0]
@@ -701,8 +692,9 @@ class StepTimeSampler:
 
         With a scheduler ``regime`` the slow/fast choice of a step is step noise: with
         ``step_noise`` each draw is slow with probability P(slow) and then takes
-        exp(jump + slow_sigma·t) instead of exp(σ·t); without it the draw is the
-        regime-weighted noise-free mean, mean · (1 + P(slow)·(exp(jump) − 1)).
+        exp(g + slow_sigma·t) instead of exp(σ·t), with g the log slow/fast ratio at the
+        step's running-queue depth (:func:`inference.predictive.slow_log_jump`); without it
+        the draw is the regime-weighted noise-free mean, mean · (1 + P(slow)·(exp(g) − 1)).
         """
         ctx = self.context(model, tp, workload, model_config=model_config, as_unseen=as_unseen)
         bases, running, single = self._batch_bases(ctx, batch)
@@ -727,14 +719,12 @@ class StepTimeSampler:
             mean = ctx.beta[index] @ bases.T  # (n, steps)
             sigma, nu = ctx.sigma[index, None], ctx.nu[index, None]
             if regime is not None:
-                threshold, jump = regime.threshold[index, None], regime.jump[index, None]
-                slow_sigma, p_max = regime.slow_sigma[index, None], regime.p_max[index, None]
+                step_regime = regime.draws.take(index)
         else:
             mean = np.broadcast_to(bases @ ctx.beta_central, (n, bases.shape[0])).copy()
             sigma, nu = ctx.sigma_central, ctx.nu_central
             if regime is not None:
-                threshold, jump = regime.threshold_central, regime.jump_central
-                slow_sigma, p_max = regime.slow_sigma_central, regime.p_max_central
+                step_regime = regime.central
         if ctx.host is not None:
             scheduler = self.host._sample_context(
                 ctx.host, Bases(all_bases.host), running, n, rng, parameter_uncertainty, step_noise
@@ -753,15 +743,16 @@ class StepTimeSampler:
             if step_noise:
                 mean *= np.exp(sigma * rng.standard_t(np.broadcast_to(nu, mean.shape)))
             return mean
-        p_slow = np.broadcast_to(
-            slow_probability(p_max, threshold, regime.width, running[None, :]), mean.shape
-        )
+        # (draw or 1, steps): the regime's parameters run along the first axis
+        p_slow = np.broadcast_to(step_regime.p_slow(running[:, None]).T, mean.shape)
+        log_jump = step_regime.log_jump(running[:, None]).T
         if step_noise:
             t = rng.standard_t(np.broadcast_to(nu, mean.shape))
             slow = rng.random(mean.shape) < p_slow
-            mean *= np.exp(np.where(slow, jump + slow_sigma * t, sigma * t))
+            slow_sigma = step_regime.slow_sigma[:, None]
+            mean *= np.exp(np.where(slow, log_jump + slow_sigma * t, sigma * t))
         else:
-            mean *= 1.0 + p_slow * np.expm1(jump)
+            mean *= 1.0 + p_slow * np.expm1(log_jump)
         return mean
 
     def run_draw(
@@ -832,9 +823,10 @@ class RunSampler:
 
     With a scheduler ``regime`` a step is slow with probability
     p_max · sigmoid((running_reqs − threshold) / width) (the run's draw of each); a slow
-    step takes exp(jump) times a second pool, exp(slow_sigma t) divided by its mean. So
-    the expected step time is mean · (1 + P(slow)·(exp(jump) − 1)) · (1 + rate·(E[J] − 1)),
-    which is what a step takes with ``step_noise`` off.
+    step takes exp(g) times a second pool, exp(slow_sigma t) divided by its mean, with g
+    the log slow/fast ratio at its running-queue depth (:meth:`log_jump`). So the expected
+    step time is mean · (1 + P(slow)·(exp(g) − 1)) · (1 + rate·(E[J] − 1)), which is what
+    a step takes with ``step_noise`` off.
     """
 
     def __init__(
@@ -858,13 +850,10 @@ class RunSampler:
         regime = context.regime
         self.has_regime = regime is not None
         if regime is not None:
-            j = self.draw
-            central = not parameter_uncertainty
-            self.threshold = float(regime.threshold_central if central else regime.threshold[j])
-            self.jump = float(regime.jump_central if central else regime.jump[j])
-            self.slow_sigma = float(regime.slow_sigma_central if central else regime.slow_sigma[j])
-            self.p_max = float(regime.p_max_central if central else regime.p_max[j])
-            self.width = float(regime.width)
+            run_regime = regime.draws.take([self.draw]) if parameter_uncertainty else regime.central
+            self.threshold, self.jump, self.growth, self.slow_sigma, self.p_max, self.width = (
+                float(getattr(run_regime, f.name)[0]) for f in fields(ModelRegime)
+            )
         self._beta_list = self.beta.tolist()
         self.step_noise = step_noise
         stall = context.stall_central
@@ -880,7 +869,7 @@ class RunSampler:
             self._pool = (pool / pool.mean() * stalls).tolist()
             if self.has_regime:
                 slow = np.exp(self.slow_sigma * t)
-                self._slow_pool = (slow * (math.exp(self.jump) / slow.mean()) * stalls).tolist()
+                self._slow_pool = (slow / slow.mean() * stalls).tolist()
         self._picks: list[int] = []
         self._uniforms: list[float] = []
         self.host = None  # the scheduler's run of a host-bound artifact: its own draw
@@ -893,6 +882,11 @@ class RunSampler:
             return 0.0
         z = 0.5 * (running_reqs - self.threshold) / self.width
         return self.p_max * 0.5 * (1.0 + math.tanh(z))
+
+    def log_jump(self, running_reqs: float) -> float:
+        """log(slow / fast time) at this running-queue depth."""
+        ratio = max(running_reqs, 1.0) / max(self.threshold, 1.0)
+        return self.jump + self.growth * math.log(ratio)
 
     def _uniform(self) -> float:
         if not self._uniforms:
@@ -923,9 +917,10 @@ class RunSampler:
             return mean * self._noise() if self.step_noise else mean * self.stall_factor
         p_slow = self.p_slow(f[5])
         if not self.step_noise:
-            return mean * (1.0 + p_slow * math.expm1(self.jump)) * self.stall_factor
-        pool = self._slow_pool if self._uniform() < p_slow else self._pool
-        return mean * pool[self._pick()]
+            return mean * (1.0 + p_slow * math.expm1(self.log_jump(f[5]))) * self.stall_factor
+        if self._uniform() < p_slow:
+            return mean * math.exp(self.log_jump(f[5])) * self._slow_pool[self._pick()]
+        return mean * self._pool[self._pick()]
 
     def step_time_fn(self, features: Mapping[str, Any]) -> float:
         """Adapter for ``data_prep.synth.twin.simulate(step_time_fn=...)``: the step's

@@ -301,29 +301,46 @@ def per_model_matvec(beta, bases: np.ndarray, model_idx: np.ndarray, n_models: i
 
 
 def add_regime_likelihood(regime, design, model_idx, own, sigma, nu, observed) -> None:
-    """Two-component Student-t mixture: fast steps, and slow ones past the threshold."""
-    u_threshold = pm.Normal("u_threshold", 0.0, 1.0)
-    threshold_population = pm.Deterministic(
-        "threshold_population", regime.threshold_mean + regime.threshold_sd * u_threshold
+    """Two-component Student-t mixture: fast steps, and slow ones past the threshold
+    (see :class:`models.priors.RegimePrior`)."""
+    _, threshold = pooled_by_model(
+        "threshold", regime.threshold_mean, regime.threshold_sd, regime.threshold_model_sd
     )
-    z_threshold = pm.Normal("z_threshold", 0.0, 1.0, dims="model")
-    threshold = pm.Deterministic(
-        "threshold", threshold_population + regime.threshold_model_sd * z_threshold, dims="model"
+    _, jump = pooled_by_model(
+        "jump", np.log(regime.jump_median), regime.jump_log_sd, regime.jump_model_sd
     )
-    u_jump = pm.Normal("u_jump", 0.0, 1.0)
-    jump_population = pm.Deterministic(
-        "jump_population", np.log(regime.jump_median) + regime.jump_log_sd * u_jump
+    _, growth = pooled_by_model(
+        "growth", regime.growth_mean, regime.growth_sd, regime.growth_model_sd
     )
-    z_jump = pm.Normal("z_jump", 0.0, 1.0, dims="model")
-    jump = pm.Deterministic("jump", jump_population + regime.jump_model_sd * z_jump, dims="model")
+    logit_population, logit_p_max = pooled_by_model(
+        "logit_p_max",
+        np.log(regime.p_max_median / (1.0 - regime.p_max_median)),
+        regime.p_max_logit_sd,
+        regime.p_max_model_sd,
+    )
+    pm.Deterministic("p_max_population", pm.math.sigmoid(logit_population))
+    p_max = pm.Deterministic("p_max", pm.math.sigmoid(logit_p_max), dims="model")
+    width = pm.LogNormal("width", np.log(regime.width_median), regime.width_log_sd)
     slow_sigma = pm.HalfNormal("slow_sigma", regime.slow_sd, dims="model")
-    p_max = pm.Beta("p_max", 4.0, 1.0)
-    p_slow = p_max * pm.math.sigmoid((design.running_reqs - threshold[model_idx]) / regime.width)
+    running = design.running_reqs
+    p_slow = p_max[model_idx] * pm.math.sigmoid((running - threshold[model_idx]) / width)
+    slow_log_jump = jump[model_idx] + growth[model_idx] * (
+        np.log(np.maximum(running, 1.0)) - pt.log(pt.maximum(threshold[model_idx], 1.0))
+    )
     student_t_mixture(
         "log_y",
         nu,
         weights=[1.0 - p_slow, p_slow],
-        means=[own, own * pt.exp(jump)[model_idx]],
+        means=[own, own * pt.exp(slow_log_jump)],
         sigmas=[sigma, slow_sigma[model_idx]],
         observed=observed,
     )
+
+
+def pooled_by_model(name: str, mean: float, sd: float, model_sd: float):
+    """``name_population`` ~ N(mean, sd) and ``name`` per model around it with the fixed
+    spread ``model_sd``, non-centred (``u_name``, ``z_name``)."""
+    u = pm.Normal(f"u_{name}", 0.0, 1.0)
+    population = pm.Deterministic(f"{name}_population", mean + sd * u)
+    z = pm.Normal(f"z_{name}", 0.0, 1.0, dims="model")
+    return population, pm.Deterministic(name, population + model_sd * z, dims="model")

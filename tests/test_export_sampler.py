@@ -17,7 +17,7 @@ from inference.export import (
     load_artifact,
     validate_artifact,
 )
-from inference.predictive import mape_optimal_point, predictive_draws
+from inference.predictive import RegimeDraws, mape_optimal_point, predictive_draws
 from inference.sampler import StepTimeSampler, probe_features, scalar_features
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,7 +64,7 @@ def test_artifact_is_small_versioned_and_complete(tiny_fit):
     path = tiny_fit["artifact"]
     assert path.stat().st_size <= MAX_ARTIFACT_BYTES
     artifact = load_artifact(path)
-    assert artifact["format"] == "steptime-artifact" and artifact["version"] == 3
+    assert artifact["format"] == "steptime-artifact" and artifact["version"] == 4
     assert artifact["basis_names"] == list(tiny_fit["model"].basis_names)
     assert artifact["basis_constants"]["NOMINAL_STEP_OVERHEAD_US"] > 0
     assert set(artifact["groups"]["models"]) == {"llama-2-70b", "codellama-34b"}
@@ -355,9 +355,9 @@ def _with_regime(sampler: StepTimeSampler, **values) -> StepTimeSampler:
     m = len(artifact["groups"]["models"])
     regime = artifact["regime"]
     for name, value in values.items():
-        if name in ("threshold", "jump", "slow_sigma"):
+        if name in RegimeDraws.PER_MODEL:
             regime[name] = np.full((d, m), value).tolist()
-        elif name in ("threshold_population", "jump_population", "p_max"):
+        elif name in RegimeDraws.PER_DRAW:
             regime[name] = np.full(d, value).tolist()
         else:
             regime[name] = value
@@ -372,14 +372,11 @@ def test_schedule_artifact_carries_the_regime(schedule_fit, schedule_sampler):
     regime = artifact["regime"]
     d, m = artifact["draws"]["n_draws"], len(artifact["groups"]["models"])
     assert d == 150
-    for name in ("threshold", "jump", "slow_sigma"):
-        assert np.shape(regime[name]) == (d, m)
-    for name in ("threshold_population", "jump_population", "p_max"):
-        assert np.shape(regime[name]) == (d,)
+    for name in RegimeDraws.PER_DRAW:
+        assert np.shape(regime[name]) == ((d, m) if name in RegimeDraws.PER_MODEL else (d,))
     prior = schedule_fit["model"].priors.regime
-    assert regime["width"] == prior.width
-    assert regime["threshold_model_sd"] == prior.threshold_model_sd
-    assert regime["jump_model_sd"] == prior.jump_model_sd
+    for name in RegimeDraws.HYPERPARAMETERS:
+        assert regime[name] == getattr(prior, name)
     # thinned with the same draw indices as the rest of the draws
     full = schedule_fit["model"].posterior_draws()
     thinned = full.thin(150, np.random.default_rng(0))
@@ -388,6 +385,8 @@ def test_schedule_artifact_carries_the_regime(schedule_fit, schedule_sampler):
     np.testing.assert_allclose(draws.regime.threshold, thinned.regime.threshold, rtol=1e-5)
     np.testing.assert_allclose(draws.regime.jump, thinned.regime.jump, rtol=1e-5)
     np.testing.assert_allclose(draws.regime.p_max, thinned.regime.p_max, rtol=1e-5)
+    np.testing.assert_allclose(draws.regime.growth, thinned.regime.growth, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(draws.regime.width, thinned.regime.width, rtol=1e-5)
     assert schedule_sampler.context(**SCHED).regime is not None
 
 
@@ -397,8 +396,9 @@ def test_schedule_artifact_carries_the_regime(schedule_fit, schedule_sampler):
         (lambda r: r.pop("threshold"), "$.regime: missing required key 'threshold'"),
         (lambda r: r["jump"][0].pop(), "$.regime.jump: shape"),
         (lambda r: r["p_max"].pop(), "$.regime.p_max: shape"),
-        (lambda r: r["p_max"].__setitem__(0, 1.5), "must be ≤ 1"),
-        (lambda r: r.update(width=0.0), "$.regime.width: must be > 0"),
+        (lambda r: r["p_max"][0].__setitem__(0, 1.5), "must be ≤ 1"),
+        (lambda r: r["growth"].pop(), "$.regime.growth: shape"),
+        (lambda r: r["width"].__setitem__(0, 0.0), "$.regime.width[0]: must be > 0"),
     ],
 )
 def test_regime_validation_names_what_is_wrong(schedule_fit, mutate, message):
@@ -407,6 +407,15 @@ def test_regime_validation_names_what_is_wrong(schedule_fit, mutate, message):
     with pytest.raises(ArtifactError) as err:
         validate_artifact(artifact)
     assert message in str(err.value)
+
+
+def test_regime_of_an_older_artifact_version_is_refused(schedule_fit):
+    artifact = json.loads(schedule_fit["artifact"].read_text())
+    artifact["version"] = 3
+    with pytest.raises(ArtifactError, match="re-fit and re-export"):
+        validate_artifact(artifact)
+    del artifact["regime"]  # a version-3 artifact without a regime still reads
+    assert validate_artifact(artifact)["version"] == 3
 
 
 def test_schedule_predict_frame_equals_estimator_predict(schedule_fit, schedule_sampler):
@@ -437,19 +446,22 @@ def test_fitted_regime_slows_busy_steps(schedule_sampler):
             medians[name, running] = np.median(sampler.sample(batch, 4000, rng, **SCHED))
     # quiet queue: the regime changes nothing (P(slow) ≈ 0 far below the threshold)
     assert medians["regime", 10] == pytest.approx(medians["plain", 10], rel=0.05)
-    # busy queue: steps are slower by about the fitted exp(jump) (≈ 10 here)
-    jump = np.median(schedule_sampler.context(**SCHED).regime.jump)
-    assert jump > np.log(3)
+    # busy queue: steps are slower by about the fitted slow/fast ratio there
+    regime = schedule_sampler.context(**SCHED).regime
+    log_ratio = np.median(regime.draws.log_jump(np.array([200.0])))
+    assert log_ratio > np.log(3)
     slowdown = medians["regime", 200] / medians["plain", 200]
-    assert slowdown == pytest.approx(np.exp(jump), rel=0.5)
+    assert slowdown == pytest.approx(np.exp(log_ratio), rel=0.5)
 
 
 def test_every_path_switches_regime_at_the_threshold(schedule_sampler):
-    """Hand-built regime: threshold 60, jump ×10, tiny slow noise, p_max 1, width 4."""
+    """Hand-built regime: threshold 60, jump ×10, no growth, tiny slow noise, p_max 1,
+    width 4."""
     sampler = _with_regime(
         schedule_sampler,
         threshold=60.0,
         jump=np.log(10.0),
+        growth=0.0,
         slow_sigma=1e-3,
         p_max=1.0,
         width=4.0,
@@ -510,12 +522,50 @@ def test_every_path_switches_regime_at_the_threshold(schedule_sampler):
     np.testing.assert_allclose(sampler.point(arrays, **kwargs), many["point_us"], rtol=1e-12)
 
 
+def test_every_path_grows_the_slow_regime_with_the_queue(schedule_sampler):
+    """growth 1: a slow step at twice the threshold is 2 × 10 times the fast one."""
+    regime = dict(threshold=60.0, jump=np.log(10.0), slow_sigma=1e-3, p_max=1.0, width=1.0)
+    sampler = _with_regime(schedule_sampler, growth=1.0, **regime)
+    flat = _with_regime(schedule_sampler, growth=0.0, **regime)
+    plain = _without_regime(schedule_sampler)
+    batch = {"decode_reqs": 8, "running_reqs": 120}
+    fast = plain.predict(batch, **SCHED)["median_us"]
+    assert sampler.predict(batch, **SCHED)["median_us"] == pytest.approx(20 * fast, rel=0.1)
+    assert flat.predict(batch, **SCHED)["median_us"] == pytest.approx(10 * fast, rel=0.1)
+    arrays = {"decode_reqs": np.array([8.0, 8.0]), "running_reqs": np.array([120.0, 240.0])}
+    medians = sampler.predict(arrays, **SCHED)["median_us"]
+    fast_medians = plain.predict(arrays, **SCHED)["median_us"]  # the queue costs fast steps too
+    assert medians[1] / medians[0] == pytest.approx(
+        2.0 * fast_medians[1] / fast_medians[0], rel=0.1
+    )
+    samples = sampler.sample(batch, 4000, np.random.default_rng(0), **SCHED)
+    assert np.median(samples) == pytest.approx(20 * fast, rel=0.1)
+    quiet = plain.run_draw(np.random.default_rng(1), step_noise=False, **SCHED)(batch)
+    run = sampler.run_draw(np.random.default_rng(1), **SCHED)
+    assert run.log_jump(120) == pytest.approx(np.log(20.0))
+    assert np.median([run(batch) for _ in range(2000)]) == pytest.approx(20 * quiet, rel=0.05)
+    still = sampler.run_draw(np.random.default_rng(1), step_noise=False, **SCHED)(batch)
+    assert still == pytest.approx(20 * quiet, rel=1e-9)
+
+
 def test_unseen_model_draws_the_regime_through_the_hyperprior(schedule_sampler):
     sampler = _with_regime(
-        schedule_sampler, threshold=60.0, threshold_population=60.0, threshold_model_sd=16.0
+        schedule_sampler,
+        threshold=60.0,
+        threshold_population=60.0,
+        threshold_model_sd=16.0,
+        growth_population=0.5,
+        growth_model_sd=1.0,
+        p_max_population=0.9,
+        p_max_model_sd=0.5,
     )
     seen = sampler.context(**SCHED).regime
     unseen = sampler.context(**SCHED, as_unseen=True).regime
-    assert np.ptp(seen.threshold) == 0
-    assert np.std(unseen.threshold) == pytest.approx(16.0, rel=0.3)
-    assert np.mean(unseen.threshold) == pytest.approx(60.0, abs=6.0)
+    assert np.ptp(seen.draws.threshold) == 0
+    assert np.std(unseen.draws.threshold) == pytest.approx(16.0, rel=0.3)
+    assert np.mean(unseen.draws.threshold) == pytest.approx(60.0, abs=6.0)
+    assert np.std(unseen.draws.growth) == pytest.approx(1.0, rel=0.3)
+    assert np.mean(unseen.draws.growth) == pytest.approx(0.5, abs=0.4)
+    logit = np.log(unseen.draws.p_max / (1.0 - unseen.draws.p_max))
+    assert np.std(logit) == pytest.approx(0.5, rel=0.3)
+    assert np.mean(logit) == pytest.approx(np.log(9.0), abs=0.2)

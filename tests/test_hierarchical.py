@@ -159,7 +159,47 @@ def test_single_step_target_has_no_separate_noise_floor(tiny_steps):
     pm_model = build_model(design, estimator.priors, GroupCoords.from_design(design))
     free = {v.name for v in pm_model.free_RVs}
     assert "sigma_floor" not in free and "sigma_step" in free
-    assert {"u_threshold", "z_jump", "p_max"} <= free  # the scheduler's regime mixture
+    # the scheduler's regime mixture
+    assert {"u_threshold", "z_jump", "z_growth", "u_logit_p_max", "width"} <= free
+
+
+def test_regime_likelihood_equals_the_predictive_formulas(tiny_steps):
+    """The PyMC regime mixture at a random point equals a numpy mixture built from the
+    predictive's own P(slow) and slow/fast ratio — the functions the sampler uses."""
+    from inference.predictive import slow_log_jump, slow_probability
+
+    estimator = StepTimeModel(target="schedule")
+    design = estimator.design(tiny_steps)
+    coords = GroupCoords.from_design(design)
+    pm_model = build_model(design, estimator.priors, coords)
+    rng = np.random.default_rng(4)
+    point = {
+        k: v + 0.3 * rng.standard_normal(np.shape(v)) for k, v in pm_model.initial_point().items()
+    }
+    names = ["log_beta", "workload_effect", "sigma_step", "nu", "threshold", "jump", "growth"]
+    names += ["p_max", "width", "slow_sigma"]
+    outputs = pm_model.replace_rvs_by_values([pm_model[n] for n in names])
+    outputs.append(pm_model.logp(vars=[pm_model["log_y"]]))
+    inputs = pm_model.value_vars
+    fn = pytensor.function(inputs, outputs, on_unused_input="ignore")
+    *computed, loglik = fn(*[point[v.name] for v in inputs])
+    values = dict(zip(names, computed, strict=True))
+
+    m, w = coords.indices(design)
+    running = design.running_reqs
+    fast = np.sum(design.bases * np.exp(values["log_beta"][m]), axis=1)
+    log_fast = np.log(fast) + values["workload_effect"][w]
+    p_slow = slow_probability(values["p_max"][m], values["threshold"][m], values["width"], running)
+    log_slow = log_fast + slow_log_jump(
+        values["jump"][m], values["growth"][m], values["threshold"][m], running
+    )
+    y, nu = np.log(design.y), values["nu"]
+    expected = np.logaddexp(
+        np.log1p(-p_slow) + stats.t.logpdf(y, nu, log_fast, values["sigma_step"][m]),
+        np.log(p_slow) + stats.t.logpdf(y, nu, log_slow, values["slow_sigma"][m]),
+    ).sum()
+    assert float(loglik) == pytest.approx(expected, rel=1e-9)
+    assert np.ptp(values["growth"]) > 0 and 0 < p_slow.max() < 1  # the point exercises both
 
 
 @pytest.fixture(scope="module")

@@ -95,7 +95,7 @@ def host_sampler(host_fit, tmp_path_factory):
 
 def test_artifact_nests_the_scheduler_regression(host_sampler):
     artifact = host_sampler.artifact
-    assert artifact["version"] == 3 and artifact["target"] == "cycle"
+    assert artifact["version"] == 4 and artifact["target"] == "cycle"
     host = artifact["host"]
     assert host["target"] == "schedule" and "regime" in host
     assert host["groups"] == artifact["groups"]
