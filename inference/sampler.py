@@ -194,6 +194,7 @@ def _fast_basis_factories(spec: ModelSpec, hw: HardwareSpec, tp: int) -> dict[st
         "sched_waiting": lambda f: f[6] * b.NOMINAL_SCHED_REQUEST_US,
         "sched_tokens": lambda f: (f[2] + f[3]) * b.NOMINAL_SCHED_TOKEN_US,
         "sched_new_requests": lambda f: f[1] * b.NOMINAL_SCHED_ADMIT_US,
+        "sched_cache_misses": lambda f: min(f[1], max(f[2] - f[1], 0.0)) * b.NOMINAL_SCHED_ADMIT_US,
         "sched_kv_blocks": lambda f: f[7] * b.NOMINAL_SCHED_BLOCK_US,
         "sched_prefix_hash": lambda f: f[2] * b.NOMINAL_SCHED_HASH_US_PER_TOKEN,
     }

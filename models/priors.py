@@ -146,6 +146,7 @@ DEFAULT_COEFFICIENT_PRIORS: dict[str, CoefficientPrior] = {
     "sched_waiting": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_tokens": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_new_requests": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
+    "sched_cache_misses": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_kv_blocks": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
     "sched_prefix_hash": CoefficientPrior(median=1.0, log_sd=1.0, model_sd=0.3),
 }

@@ -96,6 +96,17 @@ def test_scheduler_terms():
     np.testing.assert_allclose(basis.sched_kv_blocks_us(X, SPEC, HW, TP), [4, 126])
     np.testing.assert_allclose(basis.sched_new_requests_us(X, SPEC, HW, TP), [0, 40])
     np.testing.assert_allclose(basis.sched_prefix_hash_us(X, SPEC, HW, TP), [0, 100])
+    # 2 prefill requests with 2000 tokens: both miss the cache
+    np.testing.assert_allclose(basis.sched_cache_misses_us(X, SPEC, HW, TP), [0, 40])
+
+
+def test_cache_misses_count_requests_beyond_the_recomputed_last_token():
+    x = basis.BatchFeatures.from_mapping(
+        {"prefill_reqs": [1, 3, 3, 3, 0], "prefill_tokens": [1, 3, 4, 480, 0]}
+    )
+    # full hits schedule one token each; every token beyond that is at most one more miss
+    expected = np.array([0, 0, 1, 3, 0]) * basis.NOMINAL_SCHED_ADMIT_US
+    np.testing.assert_allclose(basis.sched_cache_misses_us(x, SPEC, HW, TP), expected)
 
 
 def test_moe_active_experts():
