@@ -125,7 +125,9 @@ def add_step_time_likelihood(
         + model_sd[None, :] * z,
         dims=("model", basis_dim),
     )
-    v = pm.Normal("v_workload", 0.0, 1.0, dims="workload")
+    # sum to zero: β describe the average fitted workload, and an unseen one is drawn
+    # around that average (a free mean would be confounded with every β)
+    v = pm.ZeroSumNormal("v_workload", sigma=1.0, dims="workload")
     workload_effect = pm.Deterministic("workload_effect", noise.workload_sd * v, dims="workload")
     sigma_step = pm.HalfNormal("sigma_step", noise.step_sd, dims="model")
     if np.any(design.gap_steps > 1):

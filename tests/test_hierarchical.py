@@ -68,7 +68,15 @@ def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design, host_design, h
     log_sd = np.array([p.log_sd for p in priors])
     model_sd = np.array([p.model_sd for p in priors])
     log_beta = median + log_sd * point["u_population"] + model_sd * point["z_model"]
-    workload_effect = estimator.priors.noise.workload_sd * point["v_workload"]
+    # zero-sum workload effects: the average fitted workload is the reference
+    (effect_of_point,) = pytensor.function(
+        pm_model.value_vars,
+        pm_model.replace_rvs_by_values([pm_model["workload_effect"]]),
+        on_unused_input="ignore",
+    )(*[point[v.name] for v in pm_model.value_vars])
+    workload_effect = effect_of_point
+    assert abs(workload_effect.sum()) < 1e-12
+    assert len(workload_effect) < 2 or np.ptp(workload_effect) > 0  # and not all zero
     nu = 2.0 + np.exp(point["nu_excess_log__"])
     floor = np.exp(point["sigma_floor_log__"])
     step = np.exp(point["sigma_step_log__"])
