@@ -2,6 +2,7 @@
 
     step time = exp(ω_workload) · Σ_k β_{k,model} · basis_k(step)
     log β_{k,m} = log median_k + log_sd_k·u_k + moe_sd_k·a_k·[m is MoE] + model_sd_k·z_{k,m}
+    ω_w = workload_sd · v_w,  Σ_w v_w = 0 (ZeroSumNormal)
     log y ~ StudentT(ν, log step time, sqrt(σ_floor,m² + σ_step,m² / gap)),  ν > 2
 
 A ``cycle`` observation is the mean of ``gap`` steps of which only the first was traced.
