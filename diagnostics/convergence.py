@@ -45,9 +45,10 @@ def convergence_summary(idata, var_names=None) -> dict:
 
     post = idata.posterior
     names = _present(idata, var_names)
-    rhat = az.rhat(post, var_names=names)
-    ess_bulk = az.ess(post, var_names=names, method="bulk")
-    ess_tail = az.ess(post, var_names=names, method="tail")
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant entries give NaN
+        rhat = az.rhat(post, var_names=names)
+        ess_bulk = az.ess(post, var_names=names, method="bulk")
+        ess_tail = az.ess(post, var_names=names, method="tail")
 
     def flat(ds):
         return np.concatenate([np.ravel(ds[v].values) for v in ds.data_vars]) if names else []
@@ -110,4 +111,5 @@ def convergence_table(idata, var_names=DEFAULT_VAR_NAMES):
     """``az.summary`` of the named variables (those present), as a DataFrame."""
     import arviz as az
 
-    return az.summary(idata, var_names=_present(idata, var_names), round_to=4)
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant entries give NaN
+        return az.summary(idata, var_names=_present(idata, var_names), round_to=4)
