@@ -144,6 +144,7 @@ def main() -> None:
     else:
         fit = score = has_target
         label = "in-sample"
+    scored_label = f"{args.split_name} test rows"
     if args.gbm:
         fitted, scored = gbm_ape(steps, args.target, fit, score)
         print(
@@ -151,7 +152,7 @@ def main() -> None:
         )
         print_ape("on its own fit rows", fitted, steps, args.by)
         if args.split:
-            print_ape(label.split(",")[0], scored, steps, args.by)
+            print_ape(scored_label, scored, steps, args.by)
         return
     ape, n_cells = cell_ape(steps, args.target, args.bin, fit, score)
     unscored = int(ape.isna().sum())

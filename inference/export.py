@@ -33,7 +33,7 @@ ARTIFACT_FORMAT = "steptime-artifact"
 # p_max, growth and learnt width
 ARTIFACT_VERSION = 4
 READABLE_VERSIONS = (2, 3, 4)  # earlier versions read as version 4 unless they hold a regime
-FIRST_VERSION_OF_REGIME = 4
+REGIME_FORM_VERSION = 4  # the version whose regime form this code reads
 SCHEMA_FILE = "steptime_artifact.schema.json"
 SIGNIFICANT_DIGITS = 6
 MAX_ARTIFACT_BYTES = 2_000_000
@@ -301,7 +301,7 @@ def validate_artifact(artifact: Any, source: str = "artifact") -> dict:
             f"{source}: unsupported artifact version {artifact.get('version')!r} "
             f"(this steptime reads versions {list(READABLE_VERSIONS)})"
         )
-    if artifact.get("regime") is not None and artifact["version"] < FIRST_VERSION_OF_REGIME:
+    if artifact.get("regime") is not None and artifact["version"] < REGIME_FORM_VERSION:
         raise ArtifactError(
             f"{source}: a version-{artifact['version']} artifact's scheduler regime is the "
             f"old form (one p_max, fixed width, no growth); re-fit and re-export it"
