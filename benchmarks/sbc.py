@@ -1,13 +1,15 @@
 """Simulation-based calibration (SBC) of ``models.hierarchical.build_model``.
 
 Draws parameter sets and datasets from the model's own prior (``pm.sample_prior_predictive``
-on the design of a small real frame: 2 models × ``--rows`` rows of the cycle target),
-refits each simulated dataset by NUTS (nutpie) and records the rank of the true value among
-the posterior draws for the key parameters (``log_beta_population`` entries,
-``sigma_step`` per model, ``nu``). Ranks of a calibrated inference are uniform; a χ² test
+on the design of a small real frame: 2 models × ``--rows`` rows of the ``--target``),
+refits each simulated dataset the way ``steptime fit`` does (nutpie, chains started at the
+posterior mode) and records the rank of the true value among the posterior draws for the
+key parameters (``log_beta_population`` entries, ``sigma_step`` per model, ``nu``; for the
+``schedule`` target also the slow regime's per-model threshold, jump, growth and share of
+slow steps, and the switch width). Ranks of a calibrated inference are uniform; a χ² test
 over ``--bins`` bins gives one p-value per parameter.
 
-    .venv/bin/python benchmarks/sbc.py --sims 50
+    .venv/bin/python benchmarks/sbc.py --sims 50 [--target schedule]
 
 The observed data of ``build_model`` is a constant in the graph, so every simulation is
 rebuilt and recompiled (numba caches the kernels; each compile takes a few seconds).
@@ -29,7 +31,22 @@ sys.path.insert(0, str(ROOT))
 SHARED_STEPS = ROOT / ".." / "shared" / "data" / "real" / "steps_h100_vllm0151.parquet"
 
 
-def small_design(rows_per_model: int, seed: int, data: Path | None):
+KEY_PARAMETERS = {
+    "cycle": ("log_beta_population", "sigma_step", "nu"),
+    "schedule": (
+        "log_beta_population",
+        "sigma_step",
+        "nu",
+        "threshold",
+        "jump",
+        "growth",
+        "p_max",
+        "width",
+    ),
+}
+
+
+def small_design(rows_per_model: int, seed: int, data: Path | None, target: str):
     from data_prep.dataset import load_steps, prepare_steps
     from inference.estimator import StepTimeModel
 
@@ -39,7 +56,7 @@ def small_design(rows_per_model: int, seed: int, data: Path | None):
         steps = prepare_steps([SHARED_STEPS]).steps
     else:
         raise SystemExit(f"no data: pass --data steps.parquet ({SHARED_STEPS} is absent)")
-    steps = steps[steps["cycle_us"].notna()]
+    steps = steps[steps[f"{target}_us"].notna()]
     rng = np.random.default_rng(seed)
     models = sorted(steps["model"].unique())[:2]
     keep = np.concatenate(
@@ -51,7 +68,7 @@ def small_design(rows_per_model: int, seed: int, data: Path | None):
         ]
     )
     steps = steps.iloc[np.sort(keep)].reset_index(drop=True)
-    estimator = StepTimeModel(target="cycle")
+    estimator = StepTimeModel(target=target)
     return estimator, estimator.design(steps)
 
 
@@ -78,6 +95,7 @@ def parameter_values(dataset, names) -> dict[str, np.ndarray]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sims", type=int, default=50)
+    parser.add_argument("--target", choices=tuple(KEY_PARAMETERS), default="cycle")
     parser.add_argument("--rows", type=int, default=150, help="rows per model")
     parser.add_argument("--draws", type=int, default=200)
     parser.add_argument("--tune", type=int, default=200)
@@ -92,23 +110,23 @@ def main(argv=None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore")
-    import nutpie
     import pymc as pm
     from scipy import stats
 
+    from inference.estimator import sample_nuts
     from models.hierarchical import GroupCoords, build_model
 
-    estimator, design = small_design(args.rows, args.seed, args.data)
+    estimator, design = small_design(args.rows, args.seed, args.data, args.target)
     coords = GroupCoords.from_design(design)
-    names = ("log_beta_population", "sigma_step", "nu")
-    prior_model = build_model(design, estimator.priors, coords)
+    names = KEY_PARAMETERS[args.target]
+    prior_model = build_model(design, estimator.priors, coords, forward=True)
     with prior_model:
         prior = pm.sample_prior_predictive(draws=args.sims, random_seed=args.seed)
     truths = parameter_values(prior.prior, names)
     simulated = prior.prior_predictive["log_y"].stack(sample=("chain", "draw"))
     simulated = simulated.transpose("sample", ...).values
     print(
-        f"SBC: {args.sims} simulations of {len(design)} rows "
+        f"SBC ({args.target}): {args.sims} simulations of {len(design)} rows "
         f"({', '.join(coords.models)}), {args.chains}×{args.draws} draws each",
         flush=True,
     )
@@ -120,15 +138,13 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         y = np.exp(simulated[i])
         sim_design = dataclasses.replace(design, y=y)
-        compiled = nutpie.compile_pymc_model(build_model(sim_design, estimator.priors, coords))
-        idata = nutpie.sample(
-            compiled,
+        idata = sample_nuts(
+            build_model(sim_design, estimator.priors, coords),
             draws=args.draws,
             tune=args.tune,
             chains=args.chains,
             seed=args.seed + 1 + i,
-            progress_bar=False,
-            cores=min(args.chains, 2),
+            progressbar=False,
         )
         posterior = parameter_values(idata.posterior, names)
         for label, truth in truths.items():

@@ -70,8 +70,13 @@ class GroupCoords:
         return model_idx, workload_idx
 
 
-def build_model(design: Design, priors: PriorConfig, coords: GroupCoords) -> pm.Model:
+def build_model(
+    design: Design, priors: PriorConfig, coords: GroupCoords, forward: bool = False
+) -> pm.Model:
     """PyMC model of ``design`` (which must carry observations).
+
+    ``forward=True`` builds the same prior in a form ``pm.sample_prior_predictive`` can
+    draw from (see :func:`add_step_time_likelihood`); fits use the default.
 
     With ``priors.host`` (cycle only) the model also holds the scheduler regression of the
     host sub-model, fitted to the scheduler CPU times traced on the same rows; the cycle
@@ -86,7 +91,7 @@ def build_model(design: Design, priors: PriorConfig, coords: GroupCoords) -> pm.
         "workload": list(coords.workloads),
     }
     with pm.Model(coords=dims) as model:
-        add_step_time_likelihood(design, priors, coords)
+        add_step_time_likelihood(design, priors, coords, forward=forward)
         if priors.host is not None:
             if design.host is None:
                 raise ValueError("host priors need a design with a host part")
@@ -95,14 +100,25 @@ def build_model(design: Design, priors: PriorConfig, coords: GroupCoords) -> pm.
                 raise ValueError("host-bound fits need a traced scheduler time on every row")
             model.add_coord("host_basis", list(host_design.basis_names))
             with pm.Model(name=HOST_MODEL):
-                add_step_time_likelihood(host_design, priors.host, coords, basis_dim="host_basis")
+                add_step_time_likelihood(
+                    host_design, priors.host, coords, basis_dim="host_basis", forward=forward
+                )
     return model
 
 
 def add_step_time_likelihood(
-    design: Design, priors: PriorConfig, coords: GroupCoords, basis_dim: str = "basis"
+    design: Design,
+    priors: PriorConfig,
+    coords: GroupCoords,
+    basis_dim: str = "basis",
+    forward: bool = False,
 ) -> None:
-    """Coefficients, noise and the likelihood of ``design`` in the current model context."""
+    """Coefficients, noise and the likelihood of ``design`` in the current model context.
+
+    ``forward``: every per-model coefficient as a standard normal offset, so that
+    ``pm.sample_prior_predictive`` can draw them; otherwise the cost groups of ``priors``
+    are parameterised for the sampler (the same density up to a constant).
+    """
     observed = np.log(design.y)
     coefficient_priors = priors.for_bases(design.basis_names)
     median = np.log([p.median for p in coefficient_priors])
@@ -118,12 +134,11 @@ def add_step_time_likelihood(
         "log_beta_population", median + log_sd * u, dims=basis_dim
     )
     a = pm.Normal("a_moe", 0.0, 1.0, dims=basis_dim)
-    z = pm.Normal("z_model", 0.0, 1.0, dims=("model", basis_dim))
+    centre = log_beta_population[None, :] + is_moe[:, None] * (moe_sd * a)[None, :]
+    groups = [] if forward else applicable_cost_groups(priors, design.basis_names)
     log_beta = pm.Deterministic(
         "log_beta",
-        log_beta_population[None, :]
-        + is_moe[:, None] * (moe_sd * a)[None, :]
-        + model_sd[None, :] * z,
+        model_log_beta(centre, median, model_sd, design, model_idx, groups, basis_dim),
         dims=("model", basis_dim),
     )
     # sum to zero: β describe the average fitted workload, and an unseen one is drawn
@@ -173,6 +188,93 @@ def add_step_time_likelihood(
         pm.StudentT("log_y", nu=nu, mu=pt.log(means[0]), sigma=sigmas[0], observed=observed)
         return
     student_t_mixture("log_y", nu, weights, means, sigmas, observed)
+
+
+def applicable_cost_groups(priors: PriorConfig, basis_names) -> list[list[int]]:
+    """Column indices of each of ``priors.cost_groups`` whose bases are all fitted."""
+    position = {name: i for i, name in enumerate(basis_names)}
+    return [
+        [position[name] for name in group]
+        for group in priors.cost_groups
+        if all(name in position for name in group)
+    ]
+
+
+def model_log_beta(centre, log_median, model_sd, design, model_idx, groups, basis_dim):
+    """log β (models × bases): ``centre`` + ``model_sd`` · z with z ~ N(0, 1), where the
+    bases of each cost group are reached through :func:`cost_group_log_beta` instead
+    (started at the prior medians, ``log_median``)."""
+    grouped = sorted(i for group in groups for i in group)
+    free = [i for i in range(len(design.basis_names)) if i not in grouped]
+    if not groups:
+        z = pm.Normal("z_model", 0.0, 1.0, dims=("model", basis_dim))
+        return centre + model_sd[None, :] * z
+    model = pm.modelcontext(None)
+    n_models = len(model.coords["model"])
+    prefix = "" if basis_dim == "basis" else f"{basis_dim}_"
+    free_dim = f"{prefix}ungrouped_basis"
+    model.add_coord(free_dim, [design.basis_names[i] for i in free])
+    log_beta = pt.zeros((n_models, len(design.basis_names)))
+    z = pm.Normal("z_model", 0.0, 1.0, dims=("model", free_dim))
+    log_beta = pt.set_subtensor(log_beta[:, free], centre[:, free] + model_sd[free] * z)
+    scale = mean_basis_by_model(design.bases, model_idx, n_models)
+    for number, group in enumerate(groups):
+        name = f"{prefix}cost_group{number}"
+        log_beta = pt.set_subtensor(
+            log_beta[:, group],
+            cost_group_log_beta(
+                name,
+                centre[:, group],
+                log_median[group],
+                model_sd[group],
+                scale[:, group],
+                [design.basis_names[i] for i in group],
+            ),
+        )
+    return log_beta
+
+
+def cost_group_log_beta(name, centre, start, model_sd, scale, basis_names):
+    """log β of one cost group per model, sampled as the group's log total cost at the
+    model's mean row, log Σ_k scale_k β_k, and the logits of each basis's share of it
+    (the last share's logit is 0). The map to log β has unit Jacobian (subtract each
+    share column's weight times the total's column and the matrix is [1 | I]), so the
+    prior is the hierarchical normal of log β, added as a potential; the data's ridge
+    (the total is pinned, the split is not) is along the coordinate axes."""
+    model = pm.modelcontext(None)
+    model.add_coord(f"{name}_share", basis_names[:-1])
+    start_cost = np.log(scale) + start[None, :]
+    log_total = pm.Flat(
+        f"{name}_log_total",
+        dims="model",
+        initval=np.logaddexp.reduce(start_cost, axis=1),
+    )
+    logits = pm.Flat(
+        f"{name}_share_logits",
+        dims=("model", f"{name}_share"),
+        initval=start_cost[:, :-1] - start_cost[:, -1:],
+    )
+    all_logits = pt.concatenate([logits, pt.zeros((logits.shape[0], 1))], axis=1)
+    log_share = all_logits - pt.logsumexp(all_logits, axis=1, keepdims=True)
+    log_beta = log_total[:, None] + log_share - np.log(scale)
+    pm.Potential(
+        f"{name}_prior",
+        pm.logp(pm.Normal.dist(centre, model_sd[None, :]), log_beta).sum(),
+    )
+    return log_beta
+
+
+def mean_basis_by_model(bases: np.ndarray, model_idx: np.ndarray, n_models: int) -> np.ndarray:
+    """Mean of each basis over each model's rows (models × bases), where positive; else
+    its mean over all rows, else 1 (any positive scale keeps the map a bijection)."""
+    overall = np.where(bases.mean(axis=0) > 0, bases.mean(axis=0), 1.0)
+    out = np.tile(overall, (n_models, 1))
+    for m in range(n_models):
+        rows = bases[model_idx == m]
+        if len(rows):
+            mean = rows.mean(axis=0)
+            out[m] = np.where(mean > 0, mean, out[m])
+    return out
 
 
 def gap_mixture_components(

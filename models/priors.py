@@ -86,12 +86,22 @@ class StallPrior:
 
 @dataclass(frozen=True)
 class PriorConfig:
+    """``cost_groups``: bases that every decode-only step sees in near-fixed proportion
+    (resident KV, all-reduced tokens and requests all grow with the batch), so the data pin
+    their summed cost per model and leave the split between them to the few prefill steps.
+    The sampler sees such a group per model as its total cost at the model's mean row and
+    the shares of it (see ``models.hierarchical.cost_group_log_beta``): the same prior
+    and posterior, without the curved ridge in log β that NUTS crawls along and diverges
+    at the ends of. Only groups whose bases are all in a fit's basis set apply.
+    """
+
     coefficients: dict[str, CoefficientPrior] = field(default_factory=dict)
     noise: NoisePrior = NoisePrior()
     regime: RegimePrior | None = None
     stall: StallPrior | None = None
     # cycle fits only: priors of the scheduler regression that makes steps host-bound
     host: PriorConfig | None = None
+    cost_groups: tuple[tuple[str, ...], ...] = ()
 
     def for_bases(self, names: tuple[str, ...] | list[str]) -> list[CoefficientPrior]:
         missing = [n for n in names if n not in self.coefficients]
@@ -116,6 +126,7 @@ class PriorConfig:
             regime=None if regime is None else RegimePrior(**regime),
             stall=None if stall is None else StallPrior(**stall),
             host=None if host is None else cls.from_dict(host),
+            cost_groups=tuple(tuple(g) for g in data.get("cost_groups", ())),
         )
 
     def with_host(self) -> PriorConfig:
@@ -152,6 +163,10 @@ DEFAULT_COEFFICIENT_PRIORS: dict[str, CoefficientPrior] = {
 }
 
 DEFAULT_PRIORS: dict[str, PriorConfig] = {
-    "cycle": PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS, stall=StallPrior()),
+    "cycle": PriorConfig(
+        coefficients=DEFAULT_COEFFICIENT_PRIORS,
+        stall=StallPrior(),
+        cost_groups=(("kv_read", "allreduce_bw", "request_overhead"),),
+    ),
     "schedule": PriorConfig(coefficients=DEFAULT_COEFFICIENT_PRIORS, regime=RegimePrior()),
 }

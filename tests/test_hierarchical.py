@@ -19,6 +19,7 @@ from models.hierarchical import (
     build_model,
     cycle_rows,
     gap_mixture_components,
+    mean_basis_by_model,
     per_model_matvec,
 )
 from models.mixture import ROW_BLOCK, mixture_logp
@@ -57,7 +58,7 @@ def host_design(tiny_steps):
 @pytest.mark.parametrize("host_bound", [False, True])
 def test_log_likelihood_matches_gap_mixture_by_hand(cycle_design, host_design, host_bound):
     estimator, design, coords = host_design if host_bound else cycle_design
-    pm_model = build_model(design, estimator.priors, coords)
+    pm_model = build_model(design, estimator.priors, coords, forward=True)
     point = pm_model.initial_point()
     point = {k: v + 0.1 for k, v in point.items()}  # away from zeros
     logp = pm_model.compile_logp(vars=[pm_model["log_y"]], sum=True)(point)
@@ -148,7 +149,7 @@ def test_host_priors_need_a_host_design(cycle_design):
 def test_prior_predictive_is_physically_plausible(cycle_design):
     """Priors from physics put the observed step times well inside the prior predictive."""
     estimator, design, coords = cycle_design
-    with build_model(design, estimator.priors, coords):
+    with build_model(design, estimator.priors, coords, forward=True):
         prior = pm.sample_prior_predictive(draws=300, random_seed=1)
     simulated = np.exp(prior.prior_predictive["log_y"].values.reshape(300, -1))
     for model in coords.models:
@@ -159,6 +160,50 @@ def test_prior_predictive_is_physically_plausible(cycle_design):
         assert low < observed < high, (model, low, observed, high)
         assert 0.5 < mid / observed < 2.0, (model, mid, observed)
         assert high / low < 10.0  # informative, not vague
+
+
+def test_cost_groups_sample_the_same_density(cycle_design):
+    """The sampler's cost-group coordinates (log total and share logits per model) give
+    the forward model's density up to a constant, at the same log β."""
+    estimator, design, coords = cycle_design
+    forward = build_model(design, estimator.priors, coords, forward=True)
+    grouped = build_model(design, estimator.priors, coords)
+    (group,) = estimator.priors.cost_groups
+    columns = [design.basis_names.index(name) for name in group]
+    free = [i for i in range(len(design.basis_names)) if i not in columns]
+    model_idx, _ = coords.indices(design)
+    log_scale = np.log(mean_basis_by_model(design.bases, model_idx, len(coords.models)))
+    log_beta_of, grouped_log_beta_of = (value_of(m, "log_beta") for m in (forward, grouped))
+    rng = np.random.default_rng(5)
+    differences = []
+    for _ in range(3):
+        point = {
+            k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in forward.initial_point().items()
+        }
+        log_beta = log_beta_of(point)
+        cost = log_beta[:, columns] + log_scale[:, columns]
+        mapped = {k: v for k, v in point.items() if k in grouped.initial_point()}
+        mapped["z_model"] = point["z_model"][:, free]
+        mapped["cost_group0_log_total"] = np.logaddexp.reduce(cost, axis=1)
+        mapped["cost_group0_share_logits"] = cost[:, :-1] - cost[:, -1:]
+        assert set(mapped) == set(grouped.initial_point())
+        np.testing.assert_allclose(grouped_log_beta_of(mapped), log_beta, atol=1e-12)
+        differences.append(grouped.compile_logp()(mapped) - forward.compile_logp()(point))
+    np.testing.assert_allclose(differences, differences[0], atol=1e-8)
+    # and the constant is the normal's −log(model_sd) per grouped coefficient
+    model_sd = np.array([p.model_sd for p in estimator.priors.for_bases(group)])
+    expected = -len(coords.models) * np.log(model_sd).sum()
+    np.testing.assert_allclose(differences[0], expected, atol=1e-8)
+
+
+def value_of(pm_model: pm.Model, name: str):
+    """A named variable of ``pm_model`` as a function of a point of its value variables."""
+    function = pytensor.function(
+        pm_model.value_vars,
+        pm_model.replace_rvs_by_values([pm_model[name]]),
+        on_unused_input="ignore",
+    )
+    return lambda point: function(*[point[v.name] for v in pm_model.value_vars])[0]
 
 
 def test_single_step_target_has_no_separate_noise_floor(tiny_steps):
