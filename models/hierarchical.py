@@ -217,9 +217,9 @@ def model_log_beta(centre, log_median, model_sd, design, model_idx, groups, basi
     log_beta = pt.zeros((n_models, len(design.basis_names)))
     z = pm.Normal("z_model", 0.0, 1.0, dims=("model", free_dim))
     log_beta = pt.set_subtensor(log_beta[:, free], centre[:, free] + model_sd[free] * z)
-    scale = mean_basis_by_model(design.bases, model_idx, n_models)
     for number, group in enumerate(groups):
         name = f"{prefix}cost_group{number}"
+        scale = cost_group_scales(design.bases[:, group], model_idx, n_models, log_median[group])
         log_beta = pt.set_subtensor(
             log_beta[:, group],
             cost_group_log_beta(
@@ -227,7 +227,7 @@ def model_log_beta(centre, log_median, model_sd, design, model_idx, groups, basi
                 centre[:, group],
                 log_median[group],
                 model_sd[group],
-                scale[:, group],
+                scale,
                 [design.basis_names[i] for i in group],
             ),
         )
@@ -264,16 +264,29 @@ def cost_group_log_beta(name, centre, start, model_sd, scale, basis_names):
     return log_beta
 
 
-def mean_basis_by_model(bases: np.ndarray, model_idx: np.ndarray, n_models: int) -> np.ndarray:
-    """Mean of each basis over each model's rows (models × bases), where positive; else
-    its mean over all rows, else 1 (any positive scale keeps the map a bijection)."""
-    overall = np.where(bases.mean(axis=0) > 0, bases.mean(axis=0), 1.0)
-    out = np.tile(overall, (n_models, 1))
+INACTIVE_COST_SHARE = 1e-6  # prior-median share of the total given a basis a model never uses
+
+
+def cost_group_scales(
+    bases: np.ndarray, model_idx: np.ndarray, n_models: int, log_median: np.ndarray
+) -> np.ndarray:
+    """Per model (rows) the weight of each basis of a cost group (columns of ``bases``)
+    in the group's total cost: its mean over the model's rows.
+
+    A basis that is zero on every row of a model (``allreduce_bw`` at TP 1) is given a
+    weight that makes it 10⁻⁶ of the total at the prior medians: its share logit is then
+    a plain shift of its log β, and the total belongs to the bases the data price (with
+    its mean weight, 0, the total would no longer be what the data pin). Any positive
+    weights keep the map a bijection with unit Jacobian.
+    """
+    out = np.ones((n_models, bases.shape[1]))
+    median = np.exp(log_median)
     for m in range(n_models):
         rows = bases[model_idx == m]
-        if len(rows):
-            mean = rows.mean(axis=0)
-            out[m] = np.where(mean > 0, mean, out[m])
+        mean = rows.mean(axis=0) if len(rows) else np.zeros(bases.shape[1])
+        typical = np.sum(mean * median)
+        if typical > 0:
+            out[m] = np.where(mean > 0, mean, INACTIVE_COST_SHARE * typical / median)
     return out
 
 

@@ -17,9 +17,9 @@ from models.design import Design
 from models.hierarchical import (
     GroupCoords,
     build_model,
+    cost_group_scales,
     cycle_rows,
     gap_mixture_components,
-    mean_basis_by_model,
     per_model_matvec,
 )
 from models.mixture import ROW_BLOCK, mixture_logp
@@ -172,7 +172,8 @@ def test_cost_groups_sample_the_same_density(cycle_design):
     columns = [design.basis_names.index(name) for name in group]
     free = [i for i in range(len(design.basis_names)) if i not in columns]
     model_idx, _ = coords.indices(design)
-    log_scale = np.log(mean_basis_by_model(design.bases, model_idx, len(coords.models)))
+    log_median = np.log([p.median for p in estimator.priors.for_bases(group)])
+    scale = cost_group_scales(design.bases[:, columns], model_idx, len(coords.models), log_median)
     log_beta_of, grouped_log_beta_of = (value_of(m, "log_beta") for m in (forward, grouped))
     rng = np.random.default_rng(5)
     differences = []
@@ -181,7 +182,7 @@ def test_cost_groups_sample_the_same_density(cycle_design):
             k: v + rng.normal(0.0, 0.3, np.shape(v)) for k, v in forward.initial_point().items()
         }
         log_beta = log_beta_of(point)
-        cost = log_beta[:, columns] + log_scale[:, columns]
+        cost = log_beta[:, columns] + np.log(scale)
         mapped = {k: v for k, v in point.items() if k in grouped.initial_point()}
         mapped["z_model"] = point["z_model"][:, free]
         mapped["cost_group0_log_total"] = np.logaddexp.reduce(cost, axis=1)
@@ -194,6 +195,17 @@ def test_cost_groups_sample_the_same_density(cycle_design):
     model_sd = np.array([p.model_sd for p in estimator.priors.for_bases(group)])
     expected = -len(coords.models) * np.log(model_sd).sum()
     np.testing.assert_allclose(differences[0], expected, atol=1e-8)
+
+
+def test_cost_group_weights_leave_a_basis_a_model_never_uses_out_of_its_total():
+    bases = np.array([[2.0, 0.0, 1.0], [4.0, 0.0, 3.0], [1.0, 5.0, 1.0]])
+    model_idx = np.array([0, 0, 1])
+    log_median = np.log([1.5, 2.0, 1.0])
+    scale = cost_group_scales(bases, model_idx, 3, log_median)
+    np.testing.assert_allclose(scale[0, [0, 2]], [3.0, 2.0])  # the model's mean rows
+    np.testing.assert_allclose(scale[0, 1] * 2.0, 1e-6 * (3.0 * 1.5 + 2.0 * 1.0))
+    np.testing.assert_allclose(scale[1], [1.0, 5.0, 1.0])
+    np.testing.assert_allclose(scale[2], 1.0)  # no rows: any positive weight
 
 
 def value_of(pm_model: pm.Model, name: str):
