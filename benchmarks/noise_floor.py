@@ -26,7 +26,9 @@ With ``--gbm`` the cells are replaced by gradient-boosted trees (scikit-learn's
 (:class:`models.basis.BatchFeatures`, the model's name and, for ``cycle``, the gap),
 trained on the MAPE loss itself (absolute error weighted by 1/y): the flexible,
 assumption-free predictor of the same inputs, scored on the fit rows and on the
-score rows.
+score rows. ``--gbm-extra COLUMN ...`` adds trace columns no model uses (e.g.
+``kv.usage_gpu_ratio``, ``batch.num_finished``, or ``step.ts_start_ns``, which no
+simulator has), to see whether the floor comes from what the batch leaves out.
 """
 
 from __future__ import annotations
@@ -85,7 +87,11 @@ def cell_ape(
 
 
 def gbm_ape(
-    steps: pd.DataFrame, target: str, fit: np.ndarray, score: np.ndarray
+    steps: pd.DataFrame,
+    target: str,
+    fit: np.ndarray,
+    score: np.ndarray,
+    extra_columns: tuple[str, ...] = (),
 ) -> tuple[pd.Series, pd.Series]:
     """Absolute percentage error (%) of gradient-boosted trees trained on the MAPE loss
     over the ``fit`` rows, on the ``fit`` rows themselves and on the ``score`` rows."""
@@ -98,6 +104,10 @@ def gbm_ape(
     columns = list(BatchFeatures.COLUMNS.values())
     if target == "cycle":
         columns.append("cycle_gap_steps")
+    missing = [c for c in extra_columns if c not in steps.columns]
+    if missing:
+        raise SystemExit(f"--gbm-extra: no column {missing} in the step table")
+    columns += [c for c in extra_columns if c not in columns]
     features = steps[columns].astype(float)
     features["model"] = steps["model"].astype("category").cat.codes
     y = steps[f"{target}_us"].to_numpy(dtype=float)
@@ -133,6 +143,7 @@ def main() -> None:
     parser.add_argument("--split", help="split_indices.json: fit on its train rows, score test")
     parser.add_argument("--split-name", default="stratified")
     parser.add_argument("--gbm", action="store_true", help="gradient-boosted trees, not cells")
+    parser.add_argument("--gbm-extra", nargs="+", default=(), help="more columns for --gbm")
     args = parser.parse_args()
     steps = load_steps(args.steps)
     has_target = steps[f"{args.target}_us"].notna().to_numpy()
@@ -146,9 +157,11 @@ def main() -> None:
         label = "in-sample"
     scored_label = f"{args.split_name} test rows"
     if args.gbm:
-        fitted, scored = gbm_ape(steps, args.target, fit, score)
+        fitted, scored = gbm_ape(steps, args.target, fit, score, tuple(args.gbm_extra))
+        extra = f", plus {', '.join(args.gbm_extra)}" if args.gbm_extra else ""
         print(
-            f"target: {args.target}, gradient-boosted trees on the MAPE loss, {fit.sum()} fit rows"
+            f"target: {args.target}, gradient-boosted trees on the MAPE loss{extra}, "
+            f"{fit.sum()} fit rows"
         )
         print_ape("on its own fit rows", fitted, steps, args.by)
         if args.split:
