@@ -275,9 +275,10 @@ def cost_group_scales(
 
     A basis that is zero on every row of a model (``allreduce_bw`` at TP 1) is given a
     weight that makes it 10⁻⁶ of the total at the prior medians: its share logit is then
-    a plain shift of its log β, and the total belongs to the bases the data price (with
-    its mean weight, 0, the total would no longer be what the data pin). Any positive
-    weights keep the map a bijection with unit Jacobian.
+    a plain shift of its log β, and the total belongs to the bases the data price.
+    (Weighted like a used basis, it took a share of the total while pricing nothing, and
+    the total was no longer what the data pin: 22 divergences on the full campaign.) Any
+    positive weights keep the map a bijection with unit Jacobian.
     """
     out = np.ones((n_models, bases.shape[1]))
     median = np.exp(log_median)
