@@ -139,7 +139,9 @@ def test_sampler_paths_agree_and_follow_the_scheduler(host_sampler):
         assert np.median(drawn) == pytest.approx(one["median_us"], rel=0.1)
         run = sampler.run_draw(np.random.default_rng(1), **where)
         steps = [run(batch) for _ in range(2000)]
-        assert np.median(steps) == pytest.approx(one["median_us"], rel=0.25)
+        # one posterior draw: its median lies in the predictive band (within 25% of the
+        # predictive median failed on a wide host posterior in one of two identical runs)
+        assert one["q0.05"] < np.median(steps) < one["q0.95"]
         scheduler = sampler.host.predict(batch, **where)
         if factor > 1:  # host-bound: the step lasts the scheduler's time plus launch
             assert one["median_us"] == pytest.approx(scheduler["median_us"], rel=0.15)
