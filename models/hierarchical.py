@@ -204,11 +204,11 @@ def model_log_beta(centre, log_median, model_sd, design, model_idx, groups, basi
     """log β (models × bases): ``centre`` + ``model_sd`` · z with z ~ N(0, 1), where the
     bases of each cost group are reached through :func:`cost_group_log_beta` instead
     (started at the prior medians, ``log_median``)."""
-    grouped = sorted(i for group in groups for i in group)
-    free = [i for i in range(len(design.basis_names)) if i not in grouped]
     if not groups:
         z = pm.Normal("z_model", 0.0, 1.0, dims=("model", basis_dim))
         return centre + model_sd[None, :] * z
+    grouped = {i for group in groups for i in group}
+    free = [i for i in range(len(design.basis_names)) if i not in grouped]
     model = pm.modelcontext(None)
     n_models = len(model.coords["model"])
     prefix = "" if basis_dim == "basis" else f"{basis_dim}_"
